@@ -1,0 +1,195 @@
+"""Dataclass configs with strict JSON loading and dotted command-line overrides.
+
+Every stage script has one dataclass with nested `model`, `data` and `train` parts (see `omni/stages.py`). A JSON
+file mirrors it; loading is strict because a misspelt key that silently falls back to a default costs a researcher
+a training run. Unknown keys name the file and the closest valid key; wrong types name the key and both types.
+
+    cfg = load_config(TextStage, ["--config", "configs/thinker_tiny.json", "--set", "train.lr=3e-4"])
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """The training knobs every stage shares. Steps count optimizer updates, not micro-batches."""
+
+    save_dir: str = "checkpoints/run"  # run directory: checkpoints, logs, final weights
+    max_steps: int | None = None  # optimizer steps; None = max_epochs worth of steps
+    max_epochs: int = 1  # used when max_steps is None
+    batch_size: int = 8  # micro-batch per process
+    grad_accum_steps: int = 1  # micro-batches per optimizer step (or give effective_batch)
+    effective_batch: int | None = None  # batch_size * grad_accum_steps * world_size; derives grad_accum_steps
+    lr: float = 3e-4  # peak learning rate after warmup
+    min_lr: float = 3e-5  # cosine floor, reached at max_steps
+    warmup_steps: int = 100  # linear warmup from 0
+    weight_decay: float = 0.1  # AdamW decay on matrices only (not norms, biases, embeddings)
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping (the norm is still checked for NaN)
+    val_freq: int = 500  # evaluate every N steps (and at the end)
+    checkpoint_freq: int = 500  # checkpoint every N steps (and at each epoch end and at the end)
+    keep_last: int = 3  # step checkpoints kept; the best one is kept separately
+    log_freq: int = 10  # log metrics every N steps (the only host syncs of the loop)
+    precision: str = "fp32"  # fp32 | fp16 (with GradScaler) | bf16
+    compile: bool = False  # torch.compile the model (static padding lengths recommended)
+    grad_checkpointing: bool = False  # recompute each block's activations in backward
+    num_workers: int = 0  # DataLoader worker processes; batch order is the same for any value
+    seed: int = 42
+    resume: str = "auto"  # auto (newest valid checkpoint in save_dir) | never | path to a checkpoint
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_bad_fraction: float = 0.05  # more bad samples than this fraction of an epoch is an error
+    max_nonfinite_steps: int = 20  # consecutive NaN/Inf steps before the run stops
+    tensorboard: bool = False  # also log to TensorBoard (needs the tensorboard package)
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.batch_size < 1 or self.grad_accum_steps < 1:
+            raise ValueError(f"train.batch_size ({self.batch_size}) and train.grad_accum_steps "
+                             f"({self.grad_accum_steps}) must be >= 1")
+        if self.effective_batch is not None and self.grad_accum_steps != 1:
+            raise ValueError("give either train.effective_batch or train.grad_accum_steps, not both")
+        for key in ("val_freq", "checkpoint_freq", "keep_last", "log_freq", "max_epochs"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"train.max_steps must be >= 1, got {self.max_steps}")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the dataclass; the message says where and why."""
+
+
+def from_dict(cls, data: dict, where: str = "config"):
+    """Build dataclass `cls` from `data`, recursively and strictly. `where` names the file (or --set) in errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {sorted(fields)}"
+            raise ConfigError(f"{where}: unknown key {key!r} in {cls.__name__}{hint}")
+        kwargs[key] = _coerce(value, hints[key], f"{where}: {key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field without a default is missing
+        raise ConfigError(f"{where}: {cls.__name__}: {e}") from None
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _coerce(value, annotation, where: str):
+    """Check `value` against a type annotation, converting only what JSON cannot express (int -> float)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {annotation}")
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, dict):
+            return from_dict(annotation, value, where)
+        raise ConfigError(f"{where}: expected an object, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type, *_) = typing.get_args(annotation) or (typing.Any,)
+        items = [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+        return origin(items)
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected an object, got {value!r}")
+        return value
+    if annotation is typing.Any:
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got bool {value!r}")
+    if isinstance(annotation, type) and not isinstance(value, annotation):
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def set_dotted(data: dict, dotted_key: str, value) -> None:
+    """data['a']['b'] = value for 'a.b', creating objects along the way (strictness comes from from_dict)."""
+    *parents, leaf = dotted_key.split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted_key}: {p!r} is not an object")
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'train.lr=3e-4' -> ('train.lr', 0.0003). Values are JSON when they parse as JSON, else plain strings."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="JSON config file (see configs/)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. train.lr=3e-4")
+    parser.add_argument("--force", action="store_true", help="resume even if the config disagrees with the checkpoint")
+    return parser
+
+
+def load_config(cls, argv: list[str] | None = None, description: str | None = None):
+    """Parse --config/--set/--force; return (config, args). Exits with a clear message on a bad config."""
+    parser = build_parser(description)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config_file(cls, args.config, args.set)
+    except (ConfigError, FileNotFoundError) as e:
+        parser.exit(2, f"config error: {e}\n")
+    return cfg, args
+
+
+def load_config_file(cls, path: str | Path, overrides: list[str] = ()):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    cfg = from_dict(cls, data, str(path))
+    if overrides:
+        merged = to_dict(cfg)
+        for text in overrides:
+            key, value = parse_override(text)
+            set_dotted(merged, key, value)
+        cfg = from_dict(cls, merged, f"{path} + --set")
+    return cfg

@@ -1,0 +1,74 @@
+"""Character vocabulary and greedy CTC decoding, shared by the ASR head (Stage B) and the OCR model.
+
+Id 0 is the CTC blank, so real characters start at 1. The vocabulary is stored in checkpoints as its character
+list (`to_list`) so a model can always be rebuilt with exactly the alphabet it was trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+BLANK_ID = 0
+
+
+class CharVocab:
+    """Maps characters <-> ids with 0 reserved for the CTC blank."""
+
+    def __init__(self, chars: Sequence[str]):
+        if len(set(chars)) != len(chars):
+            raise ValueError("CharVocab characters must be unique")
+        if any(len(c) != 1 for c in chars):
+            raise ValueError(f"CharVocab entries must be single characters, got {[c for c in chars if len(c) != 1]}")
+        self.chars = list(chars)
+        self._ids = {c: i + 1 for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> CharVocab:
+        """The sorted set of characters used by `texts` (sorted, so the vocabulary does not depend on data order)."""
+        return cls(sorted(set("".join(texts))))
+
+    @classmethod
+    def from_list(cls, chars: Sequence[str]) -> CharVocab:
+        return cls(chars)
+
+    def to_list(self) -> list[str]:
+        return list(self.chars)
+
+    def __len__(self) -> int:
+        """Number of ids including the blank: the size of the CTC output layer."""
+        return len(self.chars) + 1
+
+    def unknown_chars(self, text: str) -> set[str]:
+        return {c for c in text if c not in self._ids}
+
+    def encode(self, text: str) -> list[int]:
+        unknown = self.unknown_chars(text)
+        if unknown:
+            raise ValueError(f"characters {sorted(unknown)} are not in the vocabulary (text: {text!r})")
+        return [self._ids[c] for c in text]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.chars[i - 1] for i in ids if i != BLANK_ID)
+
+
+def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+    """Best-path decoding: argmax per frame, merge repeats, drop blanks.
+
+    log_probs: (B, T, V); lengths: (B,) valid frames per row. Returns one id list per row.
+    """
+    best = log_probs.argmax(dim=-1).cpu()
+    out = []
+    for row, n in zip(best, lengths.cpu().tolist()):
+        path = row[:n]
+        keep = torch.ones_like(path, dtype=torch.bool)
+        keep[1:] = path[1:] != path[:-1]
+        out.append([i for i in path[keep].tolist() if i != BLANK_ID])
+    return out
+
+
+def min_ctc_frames(label_ids: Sequence[int]) -> int:
+    """Fewest frames CTC needs to emit `label_ids`: one per label plus a blank between equal neighbours."""
+    repeats = sum(a == b for a, b in zip(label_ids, label_ids[1:]))
+    return len(label_ids) + repeats

@@ -1,0 +1,52 @@
+"""JSONL manifests: one JSON object per line, media paths relative to the manifest file.
+
+Errors name the file and line, because a researcher with a 100k-line manifest needs to know where to look.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """All records of a JSONL file; blank lines are ignored, anything else must be a JSON object."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+            records.append(record)
+    if not records:
+        raise ValueError(f"manifest {path} has no records")
+    return records
+
+
+def require_keys(record: dict, keys: tuple[str, ...], where: str) -> None:
+    """Raise naming `where` (file:line or file) when a record lacks one of `keys`."""
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {missing}; record has {sorted(record)}")
+
+
+def resolve(manifest_path: str | Path, relative: str | Path) -> Path:
+    """A media path from a manifest, taken relative to the manifest's folder (absolute paths stay as they are)."""
+    p = Path(relative)
+    return p if p.is_absolute() else Path(manifest_path).parent / p
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -1,0 +1,167 @@
+"""Checkpoint files: atomic writes, safe loads, discovery with fallback, keep-last-K, RNG and optimizer state.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so `torch.load(weights_only=True)` can
+read it without unpickling arbitrary objects. Writes go to a temporary file in the same folder, are fsynced and then
+renamed over the target, so a crash at any moment leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Keys of a training checkpoint.
+MODEL = "model"  # state of the raw (uncompiled, unwrapped) module: everything, or only trainable parameters
+TRAINABLE_ONLY = "trainable_only"  # True when MODEL holds only the parameters that were trainable
+OPTIMIZERS = "optimizers"  # name -> optimizer state keyed by parameter name (see optimizer_state_by_name)
+SCHEDULERS = "schedulers"  # name -> LR scheduler state
+SCALERS = "scalers"  # name -> GradScaler state (fp16 only)
+STEP = "step"  # optimizer steps completed
+EPOCH = "epoch"  # current epoch (0-based)
+SAMPLES_IN_EPOCH = "samples_in_epoch"  # global samples of the current epoch already consumed
+BEST = "best_metric"  # best validation value so far (None before the first evaluation)
+LAST_EVAL = "last_eval"  # {"step": N, "metrics": {...}} of the newest evaluation
+RNG = "rng"  # python / numpy / torch CPU / CUDA generator states
+CONFIG = "config"  # the resolved stage config as a dict
+WORLD_SIZE = "world_size"  # processes of the run that wrote it
+ELAPSED = "elapsed_seconds"  # training wall time summed over all resumes
+COUNTERS = "counters"  # bad samples, skipped non-finite steps, ...
+
+STEP_FILE = re.compile(r"^(?P<name>.+)_step_(?P<step>\d+)\.pt$")
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """torch.save to a temp file beside `path`, fsync it, then os.replace: readers see the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX needs the directory entry flushed too)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load(path: str | Path, map_location="cpu") -> dict:
+    """Safe load (no arbitrary unpickling). Raises with the path named when the file is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from e
+
+
+def step_checkpoints(folder: str | Path, name: str) -> list[tuple[int, Path]]:
+    """(step, path) of `<name>_step_<N>.pt` files in `folder`, oldest first."""
+    folder = Path(folder)
+    found = []
+    for p in folder.glob(f"{name}_step_*.pt") if folder.is_dir() else ():
+        m = STEP_FILE.match(p.name)
+        if m and m["name"] == name:
+            found.append((int(m["step"]), p))
+    return sorted(found)
+
+
+def load_newest_valid(folder: str | Path, name: str, log=print) -> tuple[dict, Path] | None:
+    """The newest step checkpoint that loads; unreadable newer ones are reported and skipped."""
+    for _, path in reversed(step_checkpoints(folder, name)):
+        try:
+            state = load(path)
+            if STEP not in state or MODEL not in state:
+                raise RuntimeError(f"checkpoint {path} lacks {STEP!r}/{MODEL!r}: not a training checkpoint")
+            return state, path
+        except RuntimeError as e:
+            log(f"WARNING: {e}; falling back to the next older checkpoint")
+    return None
+
+
+def prune(folder: str | Path, name: str, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` step checkpoints (the best checkpoint has its own name)."""
+    for _, path in step_checkpoints(folder, name)[:-keep_last]:
+        path.unlink(missing_ok=True)
+
+
+def capture_rng() -> dict:
+    """All generator states as tensors and plain values (weights_only-loadable)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": list(_to_lists(random.getstate())),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(value):
+    return [_to_lists(v) for v in value] if isinstance(value, tuple) else value
+
+
+def optimizer_state_by_name(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict:
+    """Optimizer state keyed by parameter *name* instead of position, so it survives a change in which
+    parameters are trainable (freeze settings may differ between the run that saved and the run that resumes)."""
+    sd = optimizer.state_dict()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    index_to_name = {i: names[id(p)] for i, p in enumerate(params)}
+    return {
+        "state": {index_to_name[i]: s for i, s in sd["state"].items()},
+        "param_groups": [
+            {**{k: v for k, v in g.items() if k != "params"}, "params": [index_to_name[i] for i in g["params"]]}
+            for g in sd["param_groups"]
+        ],
+    }
+
+
+def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, saved: dict, names: dict[int, str]) -> list[str]:
+    """Restore the state of every current parameter that has saved state; others start fresh.
+
+    Group hyper-parameters are restored group by group when the number of groups matches. Returns the names of
+    trainable parameters that start with fresh optimizer state.
+    """
+    current = optimizer.state_dict()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    name_to_index = {names[id(p)]: i for i, p in enumerate(params)}
+    state = {name_to_index[n]: s for n, s in saved["state"].items() if n in name_to_index}
+    groups = current["param_groups"]
+    if len(saved["param_groups"]) == len(groups):
+        groups = [{**{k: v for k, v in sg.items() if k != "params"}, "params": g["params"]}
+                  for sg, g in zip(saved["param_groups"], groups)]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return sorted(n for n, i in name_to_index.items() if i not in state)

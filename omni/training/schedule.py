@@ -1,0 +1,51 @@
+"""Learning-rate schedule: linear warmup, then cosine decay to min_lr at max_steps, flat afterwards."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def warmup_cosine_factor(step: int, *, warmup_steps: int, max_steps: int, min_ratio: float) -> float:
+    """Multiplier of the peak LR at optimizer step `step` (0-based), clamped at max_steps."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, max_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, max_steps: int, lr: float, min_lr: float):
+    """LambdaLR over every param group; per-group peak LRs keep their ratio to `lr` throughout."""
+    if min_lr > lr:
+        raise ValueError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
+    ratio = min_lr / lr if lr > 0 else 0.0
+    def factor(step: int) -> float:
+        return warmup_cosine_factor(step, warmup_steps=warmup_steps, max_steps=max_steps, min_ratio=ratio)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def adamw(params_or_model, *, lr: float, weight_decay: float, betas=(0.9, 0.95), fused: bool | None = None):
+    """AdamW with decay on matrices only: norms, biases and 1-D parameters are not decayed.
+
+    Accepts a module (all trainable parameters, one LR) or a list of param-group dicts (per-group LRs).
+    """
+    if isinstance(params_or_model, torch.nn.Module):
+        groups = [{"params": [p for p in params_or_model.parameters() if p.requires_grad]}]
+    else:
+        groups = list(params_or_model)
+    split = []
+    for g in groups:
+        params = [p for p in g["params"] if p.requires_grad]
+        extra = {k: v for k, v in g.items() if k != "params"}
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        split.append({**extra, "params": decay, "weight_decay": weight_decay})
+        split.append({**extra, "params": no_decay, "weight_decay": 0.0})
+    if not any(g["params"] for g in split):
+        raise ValueError("no trainable parameters: everything is frozen")
+    if fused is None:
+        fused = all(p.is_cuda for g in split for p in g["params"])
+    return torch.optim.AdamW(split, lr=lr, betas=betas, fused=fused or None)
