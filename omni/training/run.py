@@ -235,9 +235,19 @@ class Run:
     # ------------------------------------------------------------------ the loop
     def batches(self, dataset: ResumableDataset):
         """Micro-batches on the device, from the current position until max_steps."""
-        self._install_signal_handlers()
+        previous_handlers = self._install_signal_handlers()
         self.logger.start_bar(self.max_steps, self.step, self.name)
         self._clock = time.perf_counter()
+        try:
+            yield from self._epochs(dataset)
+        finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+        self.elapsed += time.perf_counter() - self._clock
+        self._clock = None
+        self.logger.close()
+
+    def _epochs(self, dataset: ResumableDataset):
         g = dataset.global_batch(self.world_size)
         while self.step < self.max_steps:
             dataset.set_position(epoch=self.epoch, skip_samples=self.samples_in_epoch, rank=self.rank,
@@ -255,14 +265,13 @@ class Run:
                 if self._stop_requested and self._micro == 0:
                     self._stop_now()
                 if self.step >= self.max_steps:
+                    if loaded.index == last:
+                        self._end_epoch()
                     break
             else:
                 self._end_epoch()
                 continue
             break
-        self.elapsed += time.perf_counter() - self._clock
-        self._clock = None
-        self.logger.close()
 
     def _loader(self, dataset):
         workers = self.train.num_workers
@@ -466,14 +475,17 @@ class Run:
         return self.last_eval["metrics"]
 
     # ------------------------------------------------------------------ signals
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self) -> dict:
+        """SIGTERM / Ctrl-C finish the current step, checkpoint and exit 0. Returns the handlers replaced."""
         def request_stop(signum, frame):
             if self._stop_requested:  # a second Ctrl-C stops at once
                 raise KeyboardInterrupt
             self._stop_requested = True
             self.info(f"{signal.Signals(signum).name} received: finishing this step, then checkpointing")
+        previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, request_stop)
+            previous[sig] = signal.signal(sig, request_stop)
+        return previous
 
     def _stop_now(self) -> None:
         if self._last_saved_step != self.step:

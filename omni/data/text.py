@@ -1,0 +1,84 @@
+"""Packed text corpus: tokenized once into a flat memmap, served as fixed-length windows.
+
+`<corpus>.<tokenizer fingerprint>.bin` holds every document as <bos> ids <eos>, back to back, so no window wastes
+room on padding. Window i covers tokens [i*L, i*L + L] (L+1 tokens: inputs are the first L, targets the last L).
+The cache is rebuilt when the tokenizer changes (its fingerprint is in the name) and written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omni.tokenizer import Tokenizer
+
+
+def read_documents(path: str | Path) -> list[str]:
+    """Documents of a plain-text corpus: paragraphs separated by blank lines. Errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text corpus not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    docs = [" ".join(block.split()) for block in text.split("\n\n")]
+    docs = [d for d in docs if d]
+    if not docs:
+        raise ValueError(f"text corpus {path} is empty")
+    return docs
+
+
+def token_cache_path(corpus: str | Path, tokenizer: Tokenizer) -> Path:
+    corpus = Path(corpus)
+    return corpus.with_name(f"{corpus.name}.{tokenizer.fingerprint}.bin")
+
+
+def build_token_cache(corpus: str | Path, tokenizer: Tokenizer) -> Path:
+    """Tokenize `corpus` into its memmap cache unless that exists already; returns the cache path."""
+    out = token_cache_path(corpus, tokenizer)
+    if out.exists():
+        return out
+    dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+    ids = []
+    for doc in read_documents(corpus):
+        ids.extend(tokenizer.encode(doc, bos=True, eos=True))
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    with os.fdopen(fd, "wb") as f:
+        np.asarray(ids, dtype=dtype).tofile(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    return out
+
+
+def open_tokens(cache: str | Path, vocab_size: int) -> np.memmap:
+    dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+    return np.memmap(cache, dtype=dtype, mode="r")
+
+
+class TokenWindows:
+    """Source of (seq_len + 1)-token windows over a token memmap (see omni.data.resumable for 'source')."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, *, name: str = "corpus"):
+        self.tokens = tokens
+        self.seq_len = seq_len
+        self.n = (len(tokens) - 1) // seq_len
+        if self.n < 1:
+            raise ValueError(f"{name}: {len(tokens)} tokens cannot fill one window of {seq_len + 1} tokens")
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        start = i * self.seq_len
+        window = np.asarray(self.tokens[start:start + self.seq_len + 1], dtype=np.int64)
+        return {"tokens": torch.from_numpy(window)}
+
+    def collate(self, samples: list[dict]) -> dict:
+        tokens = torch.stack([s["tokens"] for s in samples])
+        return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}

@@ -1,0 +1,27 @@
+"""Shared fixtures: fixed seeds for every test, a small text corpus and tokenizer trained once per session."""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _fixed_seeds():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def text_corpus(tmp_path_factory) -> Path:
+    """A small synthetic corpus folder with train.txt and val.txt."""
+    from omni.synthetic.text import write_text_corpus
+
+    out = tmp_path_factory.mktemp("text")
+    write_text_corpus(out, seed=0, n_train_docs=600, n_val_docs=40)
+    return out

@@ -1,0 +1,82 @@
+"""Stage A: train the SentencePiece tokenizer and the Thinker language model on a text corpus.
+
+    python train_text.py --config configs/thinker_tiny.json [--set train.max_steps=2000 ...]
+
+Rerunning the same command resumes from the newest checkpoint in train.save_dir. The metric is validation
+perplexity over every token of data.val_path. Final weights: <save_dir>/thinker.pt (+ tokenizer.model beside it).
+"""
+
+import torch
+
+from omni.config import load_config, to_dict
+from omni.data.resumable import ResumableDataset
+from omni.data.text import TokenWindows, build_token_cache, open_tokens
+from omni.metrics import perplexity
+from omni.stages import TextStage
+from omni.thinker import Thinker
+from omni.tokenizer import TOKENIZER_FILE, Tokenizer, train_tokenizer
+from omni.training import Run, adamw
+from omni.training.distributed import barrier
+
+cfg, args = load_config(TextStage, description=__doc__)
+run = Run(cfg, name="thinker", metric="val_ppl", mode="min", force=args.force)
+
+# ---- tokenizer and data (rank 0 builds, the others wait and load)
+tokenizer_path = cfg.data.tokenizer or run.run_dir / TOKENIZER_FILE
+if run.is_main:
+    if cfg.data.tokenizer is None and not tokenizer_path.exists():
+        run.info(f"training a {cfg.model.vocab_size}-piece tokenizer on {cfg.data.train_path}")
+        train_tokenizer([cfg.data.train_path], run.run_dir, vocab_size=cfg.model.vocab_size,
+                        model_type=cfg.data.tokenizer_model_type)
+    tokenizer = Tokenizer.load(tokenizer_path)
+    build_token_cache(cfg.data.train_path, tokenizer)
+    build_token_cache(cfg.data.val_path, tokenizer)
+barrier()
+tokenizer = Tokenizer.load(tokenizer_path)
+if tokenizer.vocab_size != cfg.model.vocab_size:
+    raise SystemExit(f"{tokenizer_path} has {tokenizer.vocab_size} pieces, model.vocab_size is {cfg.model.vocab_size}")
+train_tokens = open_tokens(build_token_cache(cfg.data.train_path, tokenizer), tokenizer.vocab_size)
+val_tokens = open_tokens(build_token_cache(cfg.data.val_path, tokenizer), tokenizer.vocab_size)
+train_set = ResumableDataset(TokenWindows(train_tokens, cfg.data.seq_len, name=cfg.data.train_path),
+                             batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+val_source = TokenWindows(val_tokens, cfg.data.seq_len, name=cfg.data.val_path)
+run.info(f"corpus: {len(train_tokens):,} training tokens, {len(val_tokens):,} validation tokens")
+
+# ---- model
+model = Thinker(cfg.model)
+optimizer = adamw(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+model = run.setup(model, optimizer, train_set)
+
+
+def evaluate() -> dict:
+    nll = tokens = 0.0
+    for batch in run.eval_batches(val_source, cfg.data.val_batch_size):
+        with run.autocast():
+            _, loss = run.raw_model(batch["inputs"], targets=batch["targets"])
+        n = batch["targets"].numel()
+        nll, tokens = nll + loss.float().item() * n, tokens + n
+    sums = run.reduce_sums({"nll": nll, "tokens": tokens})
+    for prompt in cfg.data.sample_prompts:
+        ids = torch.tensor([tokenizer.encode(prompt, bos=True)], device=run.device)
+        out = run.raw_model.generate(ids, max_new_tokens=cfg.data.sample_tokens, eos_id=tokenizer.eos_id)
+        run.info(f"sample: {prompt!r} -> {tokenizer.decode(out[0].tolist())!r}")
+    return {"val_loss": sums["nll"] / sums["tokens"], "val_ppl": perplexity(sums["nll"], int(sums["tokens"]))}
+
+
+# ---- loop
+for batch in run.batches(train_set):
+    with run.micro_step():
+        _, loss = model(batch["inputs"], targets=batch["targets"])
+        run.backward(loss)
+    if run.optimizer_step():
+        run.log(loss=loss)
+        run.maybe_evaluate(evaluate)
+        run.maybe_checkpoint()
+
+# ---- save
+metrics = run.finish(evaluate, final_weights={
+    "thinker.pt": {"model": run.raw_model.state_dict(), "config": to_dict(cfg.model), "tokenizer": TOKENIZER_FILE},
+})
+if run.is_main and cfg.data.tokenizer is not None:
+    tokenizer.save(run.run_dir)
+print(f"val_ppl {metrics['val_ppl']:.3f}")
