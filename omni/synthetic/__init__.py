@@ -1,0 +1,1 @@
+"""Offline generators for the synthetic demo datasets of every stage (no network, no external data)."""

@@ -1,0 +1,250 @@
+"""SentencePiece tokenizer: training, loading, special tokens and the Qwen-style chat template.
+
+Design choices:
+- Special tokens have fixed ids equal to their index in `SPECIAL_TOKENS`: <pad>=0, <unk>=1, <bos>=2, <eos>=3 are
+  SentencePiece's control/unknown pieces; the rest are user-defined symbols, which SentencePiece always emits as
+  one piece, also inside ordinary text ("<image> What colour?" -> one <image> id). New symbols go at the end of
+  `SPECIAL_TOKENS` only, so existing ids never move.
+- byte_fallback is always on: a character the corpus never showed (an accent, an emoji, a newline) becomes its
+  UTF-8 byte pieces instead of <unk>, so decode(encode(text)) keeps the text and the chat template can use the
+  byte piece <0x0A> as its newline (the default nmt_nfkc normalizer turns a "\n" inside text into a space). The
+  cost is 256 vocabulary entries.
+- Deterministic training: the same corpus and settings give a byte-identical model file on any machine. The
+  corpus goes in as a sentence iterator and the model comes back in memory, so no file path lands in the model;
+  the thread count is fixed (SentencePiece's result depends on it); the random seed is set (it drives sentence
+  sampling when `input_sentence_size` > 0). The file is written atomically (temp file + os.replace).
+- `fingerprint` (sha256 of the model file) names caches derived from the tokenizer, e.g. tokenized corpora.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+IM_START, IM_END, IMAGE, AUDIO = "<|im_start|>", "<|im_end|>", "<image>", "<audio>"
+# Every special token; its id is its index. The first four are SentencePiece's own pad/unk/bos/eos pieces,
+# the others user-defined symbols. Append new symbols at the end (retraining the tokenizer) so old ids stay.
+SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, IM_START, IM_END, IMAGE, AUDIO)
+_N_CONTROL = 4  # SPECIAL_TOKENS[:4] map to SentencePiece's pad_id/unk_id/bos_id/eos_id
+CHAT_ROLES = ("system", "user", "assistant")
+TOKENIZER_FILE = "tokenizer.model"
+MODEL_TYPES = ("unigram", "bpe")
+_NEWLINE_PIECE = "<0x0A>"  # the byte-fallback piece of "\n"
+# SentencePiece skips longer lines (default 4192 bytes); one paragraph per line can be longer than that.
+_MAX_SENTENCE_BYTES = 16384
+
+
+def _read_sentences(files: list[Path], counter: list[int]) -> Iterator[str]:
+    """Non-blank lines of the corpus files in order; counter[0] counts them (to tell an empty corpus)."""
+    for path in files:
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    counter[0] += 1
+                    yield line
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Temp file in the same folder + fsync + os.replace: a kill at any moment leaves the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def train_tokenizer(
+    corpus_files: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    vocab_size: int,
+    model_type: str = "unigram",
+    character_coverage: float = 1.0,
+    input_sentence_size: int = 0,
+    num_threads: int = 4,
+    seed: int = 0,
+) -> Tokenizer:
+    """Train a SentencePiece model on the lines of `corpus_files`; write `out_dir/tokenizer.model`; return it loaded.
+
+    vocab_size counts everything: the special tokens, the 256 byte pieces and the learned pieces.
+    model_type: "unigram" or "bpe". character_coverage: fraction of corpus characters that get their own piece
+    (1.0 for small alphabets; the rest fall back to bytes). input_sentence_size: train on a seeded random sample of
+    this many lines (0 = all lines). num_threads and seed are part of the result: change them and the model
+    (and its fingerprint) changes too.
+    Raises ValueError when the corpus is empty or vocab_size does not fit it (naming the sizes that would).
+    """
+    files = [Path(p) for p in corpus_files]
+    if not files:
+        raise ValueError("train_tokenizer: corpus_files is empty")
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"train_tokenizer: corpus file not found: {path}")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"train_tokenizer: model_type={model_type!r}; expected one of {MODEL_TYPES}")
+    names = ", ".join(str(p) for p in files)
+    counter = [0]
+    writer = io.BytesIO()
+    spm.set_random_generator_seed(seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_read_sentences(files, counter),
+            model_writer=writer,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            input_sentence_size=input_sentence_size,
+            shuffle_input_sentence=True,
+            max_sentence_length=_MAX_SENTENCE_BYTES,
+            num_threads=num_threads,
+            pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+            pad_piece=PAD, unk_piece=UNK, bos_piece=BOS, eos_piece=EOS,
+            user_defined_symbols=list(SPECIAL_TOKENS[_N_CONTROL:]),
+            byte_fallback=True,
+            minloglevel=1,  # warnings (e.g. skipped lines) stay visible, the per-iteration log does not
+        )
+    except RuntimeError as e:
+        msg = str(e)
+        if counter[0] == 0:
+            raise ValueError(f"train_tokenizer: corpus is empty (no non-blank lines) in: {names}") from None
+        if m := re.search(r"Vocabulary size too high \((\d+)\).*<= (\d+)", msg):
+            raise ValueError(
+                f"train_tokenizer: vocab_size={m.group(1)} is too large for the corpus {names}; SentencePiece "
+                f"({model_type}) can make at most {m.group(2)} pieces from it. Lower vocab_size or add text."
+            ) from None
+        if m := re.search(r"smaller than required_chars\. (\d+) vs (\d+)", msg):
+            raise ValueError(
+                f"train_tokenizer: vocab_size={m.group(1)} is too small for the corpus {names}; it needs at least "
+                f"{m.group(2)} (special tokens, 256 byte pieces and one piece per covered character)."
+            ) from None
+        raise RuntimeError(f"train_tokenizer: SentencePiece failed on {names}: {msg}") from e
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / TOKENIZER_FILE
+    _write_bytes_atomic(path, writer.getvalue())
+    return Tokenizer(path)
+
+
+class Tokenizer:
+    """A trained SentencePiece model plus the project's special tokens and chat template."""
+
+    pad_id, unk_id, bos_id, eos_id = (SPECIAL_TOKENS.index(t) for t in (PAD, UNK, BOS, EOS))
+    im_start_id, im_end_id = SPECIAL_TOKENS.index(IM_START), SPECIAL_TOKENS.index(IM_END)
+    special_ids = frozenset(range(len(SPECIAL_TOKENS)))
+
+    def __init__(self, model_path: str | Path):
+        self.model_path = Path(model_path)
+        data = self.model_path.read_bytes()
+        self._sp = spm.SentencePieceProcessor()
+        try:
+            self._sp.LoadFromSerializedProto(data)
+        except RuntimeError as e:
+            raise ValueError(f"{self.model_path} is not a SentencePiece model: {e}") from None
+        self.fingerprint = hashlib.sha256(data).hexdigest()[:16]
+        for i, piece in enumerate(SPECIAL_TOKENS):
+            found = self._sp.id_to_piece(i) if i < self.vocab_size else None
+            if found != piece:
+                raise ValueError(f"{self.model_path}: expected special token {piece!r} at id {i}, found {found!r}; "
+                                 "train the tokenizer with omni.tokenizer.train_tokenizer")
+        self.newline_id = self._sp.piece_to_id(_NEWLINE_PIECE)
+        if not self._sp.is_byte(self.newline_id):
+            raise ValueError(f"{self.model_path}: no byte piece {_NEWLINE_PIECE} (the model lacks byte_fallback)")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Load from a tokenizer.model file or a directory that contains one."""
+        path = Path(path)
+        model_path = path / TOKENIZER_FILE if path.is_dir() else path
+        if not model_path.is_file():
+            raise FileNotFoundError(f"no tokenizer at {path} (expected a {TOKENIZER_FILE} file or a directory "
+                                    "containing one)")
+        return cls(model_path)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Copy the model file to `out_dir/tokenizer.model` (atomically); return the new path."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / TOKENIZER_FILE
+        _write_bytes_atomic(path, self.model_path.read_bytes())
+        return path
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    def token_id(self, piece: str) -> int:
+        """Id of a special token, e.g. token_id("<image>"); other pieces are an error (no silent <unk>)."""
+        if piece not in SPECIAL_TOKENS:
+            raise KeyError(f"{piece!r} is not a special token; special tokens are {SPECIAL_TOKENS}")
+        return SPECIAL_TOKENS.index(piece)
+
+    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        ids = self._sp.encode(text)
+        return [self.bos_id] * bos + ids + [self.eos_id] * eos
+
+    def decode(self, ids, *, skip_special: bool = True) -> str:
+        """Text of `ids` (any iterable of ints: list, tensor, array). Special tokens are left out unless
+        skip_special=False, which renders the user-defined symbols (<|im_start|>, <image>, ...) as text."""
+        ids = [int(i) for i in ids]
+        for i in ids:
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"decode: id {i} is outside the vocabulary (size {self.vocab_size})")
+        if skip_special:
+            ids = [i for i in ids if i not in self.special_ids]
+        return self._sp.decode(ids)
+
+    def encode_chat(
+        self, messages: Sequence[dict], *, add_generation_prompt: bool = False, bos: bool = True
+    ) -> tuple[list[int], list[bool]]:
+        """Token ids of a conversation in the Qwen layout, and the mask of tokens that carry the SFT loss.
+
+        Each message becomes `<|im_start|>{role}\\n{content}<|im_end|>\\n`. The mask is True exactly on the content
+        tokens of assistant messages and their closing <|im_end|>, so the model learns to answer and to stop;
+        <|im_end|> is the token generation stops at, and no <eos> is added (append eos_id yourself when packing
+        conversations). bos=True starts with <bos>, as every pretraining document did. add_generation_prompt
+        appends `<|im_start|>assistant\\n` (mask False) for inference. Role and content are encoded separately,
+        like a pretraining document, so decoding a whole chat shows a space after each newline.
+        """
+        ids = [self.bos_id] if bos else []
+        mask = [False] * len(ids)
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not {"role", "content"} <= message.keys():
+                raise ValueError(f"encode_chat: message {i} must be a dict with 'role' and 'content', got {message!r}")
+            role, content = message["role"], message["content"]
+            if role not in CHAT_ROLES:
+                raise ValueError(f"encode_chat: message {i} has role {role!r}; expected one of {CHAT_ROLES}")
+            if not isinstance(content, str):
+                raise ValueError(f"encode_chat: message {i} content must be a str, got {type(content).__name__}")
+            head = self._turn_start(role)
+            body = self.encode(content) + [self.im_end_id]
+            ids += head + body + [self.newline_id]
+            mask += [False] * len(head) + [role == "assistant"] * len(body) + [False]
+        if add_generation_prompt:
+            head = self._turn_start("assistant")
+            ids += head
+            mask += [False] * len(head)
+        return ids, mask
+
+    def apply_chat_template(
+        self, messages: Sequence[dict], *, add_generation_prompt: bool = False, bos: bool = True
+    ) -> list[int]:
+        """The ids of `encode_chat` without the mask (for inference prompts)."""
+        return self.encode_chat(messages, add_generation_prompt=add_generation_prompt, bos=bos)[0]
+
+    def _turn_start(self, role: str) -> list[int]:
+        return [self.im_start_id] + self.encode(role) + [self.newline_id]
