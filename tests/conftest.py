@@ -8,6 +8,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+# Tests use tiny tensors: one intra-op thread avoids thread start-up and contention costs that dominate them.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
