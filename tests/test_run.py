@@ -232,3 +232,28 @@ def test_plot_metrics_draws_the_run(tmp_path):
     plot.main([str(tmp_path / "metrics.jsonl"), "--out", str(tmp_path / "curves.png")])
     image = Image.open(tmp_path / "curves.png")
     assert image.size[0] > 0 and len(set(image.getdata())) > 2  # something besides white and black was drawn
+
+
+def test_second_process_on_the_same_run_dir_is_refused(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.conftest import REPO
+
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from omni.training.run import _lock_run_dir
+        from pathlib import Path
+        lock = _lock_run_dir(Path({str(tmp_path)!r}))
+        print("locked", flush=True)
+        time.sleep(30)
+    """)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    try:
+        with pytest.raises(SystemExit, match=f"in use by another running process \\(pid {holder.pid}\\)"):
+            train(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train(tmp_path, max_steps=2).step == 2  # the lock died with its process

@@ -21,7 +21,9 @@ with the same random numbers and (on CPU) ends with bitwise identical weights.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
+import os
 import random
 import signal
 import time
@@ -58,6 +60,7 @@ class Run:
         self.run_dir = Path(self.train.save_dir)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock_run_dir(self.run_dir)
         dist.barrier()
         self.logger = RunLogger(self.run_dir, enabled=self.is_main, tensorboard=self.train.tensorboard)
         self.accum = self._grad_accum_steps()
@@ -493,6 +496,24 @@ class Run:
         self.info(f"stopped at step {self.step}; rerun the same command to resume")
         self.logger.close()
         raise SystemExit(0)
+
+
+def _lock_run_dir(run_dir: Path):
+    """Hold an exclusive lock on the run dir for the life of the process, so that two runs can never interleave
+    checkpoints in one folder. The OS drops the lock when the process dies, kill -9 included."""
+    handle = (run_dir / ".lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        raise SystemExit(f"{run_dir} is in use by another running process (pid {owner}); wait for it or stop it") \
+            from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
