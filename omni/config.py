@@ -44,6 +44,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (static padding lengths recommended)
     grad_checkpointing: bool = False  # recompute each block's activations in backward
     num_workers: int = 0  # DataLoader worker processes; batch order is the same for any value
+    threads: int | None = None  # torch intra-op CPU threads; None = torch's default (1 is faster on a busy CPU)
     seed: int = 42
     resume: str = "auto"  # auto (newest valid checkpoint in save_dir) | never | path to a checkpoint
     device: str = "auto"  # auto | cpu | cuda | cuda:N

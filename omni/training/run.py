@@ -27,6 +27,7 @@ import os
 import random
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,8 @@ class Run:
         self.logger = RunLogger(self.run_dir, enabled=self.is_main, tensorboard=self.train.tensorboard)
         self.accum = self._grad_accum_steps()
         self.amp_dtype = AMP_DTYPES[self.train.precision]
+        if self.train.threads:
+            torch.set_num_threads(self.train.threads)
         random.seed(self.train.seed)
         np.random.seed(self.train.seed)
         torch.manual_seed(self.train.seed)
@@ -358,7 +361,9 @@ class Run:
         if scaler:
             scaler.update()
         opt.zero_grad(set_to_none=True)
-        self.schedulers[name].step()
+        with warnings.catch_warnings():  # a skipped update still advances the schedule, which torch warns about
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.schedulers[name].step()
         self._accumulate({f"grad_norm_{name}" if len(self.optimizers) > 1 else "grad_norm": norm})
 
     def _accumulate(self, values: dict) -> None:

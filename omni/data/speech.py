@@ -1,0 +1,221 @@
+"""ASR data (Stage B): manifest and public-layout readers, transcript normalisation, and `AsrSource`.
+
+Readers return plain records `{"audio": absolute Path, "text": str}` (plus `"duration"` in seconds when the layout
+knows it without opening the audio), so any layout feeds the same source:
+- JSONL manifests `{"audio": "wavs/a.wav", "text": "...", "duration": 1.7}`, paths relative to the manifest;
+- LibriSpeech split folders (`<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt` next to `.flac` files);
+- LJSpeech folders (`metadata.csv` with `id|text|normalized_text`, audio in `wavs/<id>.wav`).
+
+`AsrSource` turns a record into a log-mel (T, n_mels) and character ids. It computes the mel on CPU in the data
+worker (cheap next to the model, and it keeps raw waveforms off the device); SpecAugment is not done here but on
+the device in the training step (`omni.audio.spec_augment`), so that the data order never depends on worker RNG.
+Unusable items raise `BadSample` naming the file; the training loop skips and counts them.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+
+import soundfile as sf
+import torch
+
+from omni.audio import (
+    MEL_FRAME_RATE,
+    MIN_SAMPLES,
+    SAMPLE_RATE,
+    AudioError,
+    LogMel,
+    encoder_frames,
+    load_audio,
+    mel_frames,
+)
+from omni.ctc import CharVocab, min_ctc_frames
+from omni.data.manifest import read_jsonl, require_keys, resolve
+from omni.data.resumable import BadSample
+
+
+def normalize_transcript(text: str) -> str:
+    """The text the CTC vocabulary covers: lowercase a-z, apostrophe, single spaces.
+
+    Accents are stripped (cafe for café), typographic apostrophes become "'", every other character (punctuation,
+    hyphens, digits) becomes a space, and apostrophes not touching a letter (quotes) are dropped. Digits are not
+    spelled out: corpora we read (LibriSpeech, LJSpeech normalized_text, the synthetic set) already spell numbers.
+    """
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    text = text.lower().replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
+    text = re.sub(r"[^a-z' ]+", " ", text)
+    text = re.sub(r"(?<![a-z])'+(?![a-z])", " ", text)
+    return " ".join(text.split())
+
+
+def read_asr_manifest(path: str | Path) -> list[dict]:
+    """Records of a JSONL ASR manifest; each line needs "audio" and "text", "duration" (seconds) is optional."""
+    path = Path(path)
+    records = []
+    for i, rec in enumerate(read_jsonl(path), start=1):
+        require_keys(rec, ("audio", "text"), f"{path} record {i}")
+        out = {"audio": resolve(path, rec["audio"]).resolve(), "text": str(rec["text"])}
+        if rec.get("duration") is not None:
+            out["duration"] = float(rec["duration"])
+        records.append(out)
+    return records
+
+
+def read_librispeech(root: str | Path) -> list[dict]:
+    """Records of one LibriSpeech split folder (e.g. `LibriSpeech/train-clean-100`), sorted by utterance id."""
+    root = Path(root)
+    transcripts = sorted(root.glob("*/*/*.trans.txt"))
+    if not transcripts:
+        raise ValueError(f"{root}: no */*/*.trans.txt files; expected a LibriSpeech split folder")
+    records = []
+    for trans in transcripts:
+        for line_no, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            utt_id, _, text = line.strip().partition(" ")
+            if not text:
+                raise ValueError(f"{trans}:{line_no}: expected '<utterance-id> <TRANSCRIPT>', got {line!r}")
+            records.append({"audio": (trans.parent / f"{utt_id}.flac").resolve(), "text": text})
+    return records
+
+
+def read_ljspeech(root: str | Path) -> list[dict]:
+    """Records of an LJSpeech folder; uses the normalized_text column (numbers spelled out) when present."""
+    root = Path(root)
+    meta = root / "metadata.csv"
+    if not meta.is_file():
+        raise ValueError(f"{root}: no metadata.csv; expected an LJSpeech folder")
+    records = []
+    # Split on "|" by hand: the transcripts contain quotes that would confuse a CSV parser.
+    for line_no, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        if len(fields) < 2 or not fields[0]:
+            raise ValueError(f"{meta}:{line_no}: expected 'id|text|normalized_text', got {line!r}")
+        text = fields[2] if len(fields) > 2 and fields[2].strip() else fields[1]
+        records.append({"audio": (root / "wavs" / f"{fields[0]}.wav").resolve(), "text": text})
+    if not records:
+        raise ValueError(f"{meta} has no entries")
+    return records
+
+
+def load_asr_records(path: str | Path) -> list[dict]:
+    """Records from a JSONL manifest, a LibriSpeech split folder or an LJSpeech folder, whichever `path` is."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".jsonl":
+        return read_asr_manifest(path)
+    if path.is_dir() and (path / "metadata.csv").is_file():
+        return read_ljspeech(path)
+    if path.is_dir() and next(path.glob("*/*/*.trans.txt"), None) is not None:
+        return read_librispeech(path)
+    raise ValueError(
+        f"{path}: not an ASR dataset; expected a .jsonl manifest, a LibriSpeech split folder "
+        "(*/*/*.trans.txt with .flac) or an LJSpeech folder (metadata.csv + wavs/)"
+    )
+
+
+class AsrSource:
+    """Indexable ASR source: item -> {"mel" (T, F), "labels" (L,), "text", "audio"}; see the module docstring."""
+
+    def __init__(
+        self,
+        records: list[dict],
+        *,
+        vocab: CharVocab,
+        n_mels: int = 128,
+        max_mel_length: int | None = None,
+        ctc_upsample: int = 2,
+    ):
+        """ctc_upsample must equal the model's (`AsrModel.ctc_upsample`): it sets how many CTC frames the audio
+        offers, and so which transcripts are too long to align."""
+        if max_mel_length is not None and max_mel_length <= 0:
+            raise ValueError(f"max_mel_length must be positive or None, got {max_mel_length}")
+        if ctc_upsample < 1:
+            raise ValueError(f"ctc_upsample must be >= 1, got {ctc_upsample}")
+        self.records = records
+        self.vocab = vocab
+        self.max_mel_length = max_mel_length
+        self.ctc_upsample = ctc_upsample
+        self.logmel = LogMel(n_mels)
+        self._lengths: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Approximate mel frames per item for length bucketing: from the record's duration, else from the file
+        header (soundfile.info reads no samples); 0 for unreadable files, which fail later as BadSample."""
+        if self._lengths is None:
+            self._lengths = [self._estimate_frames(r) for r in self.records]
+        return self._lengths
+
+    @staticmethod
+    def _estimate_frames(record: dict) -> int:
+        duration = record.get("duration")
+        if duration is None:
+            try:
+                duration = sf.info(str(record["audio"])).duration
+            except (sf.LibsndfileError, RuntimeError, OSError):
+                return 0
+        return mel_frames(round(duration * SAMPLE_RATE))
+
+    def __getitem__(self, i: int) -> dict:
+        record = self.records[i]
+        path = record["audio"]
+        text = normalize_transcript(record["text"])
+        if not text:
+            raise BadSample(f"{path}: empty transcript (raw: {record['text']!r})")
+        unknown = self.vocab.unknown_chars(text)
+        if unknown:
+            raise BadSample(f"{path}: transcript characters {sorted(unknown)} are not in the vocabulary")
+        labels = self.vocab.encode(text)
+        try:
+            wav = load_audio(path)
+        except AudioError as e:
+            raise BadSample(str(e)) from None
+        if wav.shape[0] < MIN_SAMPLES:
+            raise BadSample(f"{path}: only {wav.shape[0]} samples at 16 kHz, too short for one mel frame")
+        with torch.no_grad():
+            mel = self.logmel(wav)  # (T, F)
+        n_frames = mel.shape[0]
+        if self.max_mel_length is not None and n_frames > self.max_mel_length:
+            raise BadSample(f"{path}: {n_frames} mel frames exceed max_mel_length={self.max_mel_length}")
+        available = encoder_frames(n_frames) * self.ctc_upsample
+        needed = min_ctc_frames(labels)
+        if needed > available:
+            raise BadSample(
+                f"{path}: transcript needs {needed} CTC frames but "
+                f"{n_frames / MEL_FRAME_RATE:.2f} s of audio gives {available}"
+            )
+        return {"mel": mel, "labels": torch.tensor(labels, dtype=torch.long), "text": text, "audio": str(path)}
+
+    def collate(self, samples: list[dict]) -> dict:
+        """Pad a list of items into a batch.
+
+        mel (B, T, F) zero-padded to max_mel_length when set (static shapes for torch.compile), else to the longest
+        item; mel_lengths (B,); labels (B, L) padded with 0 to the longest transcript; label_lengths (B,);
+        texts and audio paths as lists. The model masks padding by mel_lengths, so the pad value is irrelevant.
+        """
+        if not samples:
+            raise ValueError("collate needs at least one sample")
+        mel_lengths = torch.tensor([s["mel"].shape[0] for s in samples], dtype=torch.long)
+        label_lengths = torch.tensor([len(s["labels"]) for s in samples], dtype=torch.long)
+        T = self.max_mel_length or int(mel_lengths.max())
+        mel = torch.zeros(len(samples), T, samples[0]["mel"].shape[1])
+        labels = torch.zeros(len(samples), int(label_lengths.max()), dtype=torch.long)
+        for i, s in enumerate(samples):
+            mel[i, : s["mel"].shape[0]] = s["mel"]
+            labels[i, : len(s["labels"])] = s["labels"]
+        return {
+            "mel": mel,
+            "mel_lengths": mel_lengths,
+            "labels": labels,
+            "label_lengths": label_lengths,
+            "texts": [s["text"] for s in samples],
+            "audio": [s["audio"] for s in samples],
+        }
