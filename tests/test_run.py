@@ -257,3 +257,12 @@ def test_second_process_on_the_same_run_dir_is_refused(tmp_path):
         holder.kill()
         holder.wait()
     assert train(tmp_path, max_steps=2).step == 2  # the lock died with its process
+
+
+def test_schedule_continues_with_new_groups_after_unfreezing(tmp_path):
+    with pytest.raises(Crash):
+        train(tmp_path, freeze=("body",), crash_at=4)  # 2 param groups (head: decay + no decay)
+    run = train(tmp_path, freeze=(), max_steps=6)  # body unfrozen: same groups, more params
+    assert run.step == 6
+    lrs = [s.get_last_lr() for s in run.schedulers.values()][0]
+    assert len(lrs) == len(run.optimizers["main"].param_groups)

@@ -40,7 +40,7 @@ from omni.data.resumable import ResumableDataset, evaluation_batches, seed_worke
 from omni.training import checkpoint as ckpt
 from omni.training import distributed as dist
 from omni.training.log import RunLogger
-from omni.training.schedule import warmup_cosine
+from omni.training.schedule import restore_schedule, warmup_cosine
 
 AMP_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Config parts whose change makes a checkpoint meaningless for this run (checked on resume unless --force).
@@ -179,7 +179,7 @@ class Run:
             fresh = ckpt.load_optimizer_state_by_name(opt, state[ckpt.OPTIMIZERS][n], self.param_names)
             if fresh:
                 self.info(f"optimizer {n}: fresh state for {len(fresh)} newly trainable tensors: {_short(fresh)}")
-            self.schedulers[n].load_state_dict(state[ckpt.SCHEDULERS][n])
+            restore_schedule(self.schedulers[n], state[ckpt.SCHEDULERS][n])
             if n in self.scalers and n in state[ckpt.SCALERS]:
                 self.scalers[n].load_state_dict(state[ckpt.SCALERS][n])
         self.step, self.epoch = state[ckpt.STEP], state[ckpt.EPOCH]
@@ -503,9 +503,16 @@ class Run:
         raise SystemExit(0)
 
 
+_HELD_LOCKS: dict[Path, object] = {}  # run dir -> lock file handle held by this process
+
+
 def _lock_run_dir(run_dir: Path):
     """Hold an exclusive lock on the run dir for the life of the process, so that two runs can never interleave
-    checkpoints in one folder. The OS drops the lock when the process dies, kill -9 included."""
+    checkpoints in one folder. The OS drops the lock when the process dies, kill -9 included. Within one process
+    the lock is reused (a later Run in the same process, as in tests, follows the earlier one; it can't overlap)."""
+    key = run_dir.resolve()
+    if key in _HELD_LOCKS:
+        return _HELD_LOCKS[key]
     handle = (run_dir / ".lock").open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -518,6 +525,7 @@ def _lock_run_dir(run_dir: Path):
     handle.truncate()
     handle.write(str(os.getpid()))
     handle.flush()
+    _HELD_LOCKS[key] = handle
     return handle
 
 

@@ -49,3 +49,17 @@ def adamw(params_or_model, *, lr: float, weight_decay: float, betas=(0.9, 0.95),
     if fused is None:
         fused = all(p.is_cuda for g in split for p in g["params"])
     return torch.optim.AdamW(split, lr=lr, betas=betas, fused=fused or None)
+
+
+def restore_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, saved: dict) -> None:
+    """Continue a schedule at the saved step, with the *current* peak LRs and param groups.
+
+    Only the position is restored: the saved per-group base LRs would be wrong after a change of learning rate or
+    of the parameter groups (e.g. a component unfrozen on resume, which adds groups).
+    """
+    scheduler.last_epoch = saved["last_epoch"]
+    scheduler._step_count = saved.get("_step_count", saved["last_epoch"] + 1)
+    lrs = [base * f(scheduler.last_epoch) for base, f in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
