@@ -231,7 +231,7 @@ def test_plot_metrics_draws_the_run(tmp_path):
     spec.loader.exec_module(plot)
     plot.main([str(tmp_path / "metrics.jsonl"), "--out", str(tmp_path / "curves.png")])
     image = Image.open(tmp_path / "curves.png")
-    assert image.size[0] > 0 and len(set(image.getdata())) > 2  # something besides white and black was drawn
+    assert image.size[0] > 0 and len(set(image.get_flattened_data())) > 2  # something besides white and black was drawn
 
 
 def test_second_process_on_the_same_run_dir_is_refused(tmp_path):
