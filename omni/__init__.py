@@ -1,1 +1,9 @@
 """omni: a tiny omni-modal model (text, image, speech in; text, speech out) trained stage by stage."""
+
+
+def load_exported(path, **kwargs):
+    """Load an export folder written by export.py -> `omni.export_format.ExportedModel` (imported lazily, so
+    `import omni` stays cheap)."""
+    from omni.export_format import load_exported as _load_exported
+
+    return _load_exported(path, **kwargs)
