@@ -102,8 +102,10 @@ def test_bucketing_groups_similar_lengths_deterministically():
 
 def test_evaluation_reads_everything_in_order_sharded_by_rank():
     src = Numbers(10)
-    whole = [x for b in evaluation_batches(src, batch_size=3) for x in b["x"].tolist()]
+    whole = [x for b in evaluation_batches(src, batch_size=3) for x in b.batch["x"].tolist()]
     assert whole == list(range(10))
     shards = [x for r in (0, 1) for b in evaluation_batches(src, batch_size=3, rank=r, world_size=2)
-              for x in b["x"].tolist()]
+              for x in b.batch["x"].tolist()]
     assert sorted(shards) == list(range(10))
+    bad = [m for b in evaluation_batches(Numbers(10, bad_every=4), batch_size=3) for m in b.bad]
+    assert bad == [f"item{i}.wav: unreadable" for i in (0, 4, 8)]

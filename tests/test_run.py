@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from omni.config import TrainConfig
-from omni.data.resumable import ResumableDataset
+from omni.data.resumable import BadSample, ResumableDataset
 from omni.training import Run, adamw
 
 
@@ -32,6 +32,8 @@ class ToyStage:
 
 
 class Regression:
+    bad = frozenset()  # indices that raise BadSample
+
     def __init__(self, n):
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(n, 4, generator=g)
@@ -41,6 +43,8 @@ class Regression:
         return len(self.x)
 
     def __getitem__(self, i):
+        if i in self.bad:
+            raise BadSample(f"sample{i}.wav: unreadable")
         return {"x": self.x[i], "y": self.y[i], "i": i}
 
     def collate(self, samples):
@@ -266,3 +270,15 @@ def test_schedule_continues_with_new_groups_after_unfreezing(tmp_path):
     assert run.step == 6
     lrs = [s.get_last_lr() for s in run.schedulers.values()][0]
     assert len(lrs) == len(run.optimizers["main"].param_groups)
+
+
+def test_bad_samples_are_named_counted_and_limited(tmp_path, monkeypatch):
+    monkeypatch.setattr(Regression, "bad", frozenset({3, 17}))
+    run = train(tmp_path / "a", max_steps=7, max_bad_fraction=0.2)
+    log = (tmp_path / "a" / "training.log").read_text()
+    named = [line for line in log.splitlines() if "skipped bad sample: sample" in line]
+    assert run.counters["bad_samples"] == len(named) >= 1  # the run stopped mid-epoch and still reported
+    assert "evaluation skipped 1 bad samples (not scored):\n  sample3.wav: unreadable" in log  # val set has #3
+    monkeypatch.setattr(Regression, "bad", frozenset(range(0, 40, 3)))  # a third of the data
+    with pytest.raises(RuntimeError, match="max_bad_fraction"):
+        train(tmp_path / "b", max_steps=20)

@@ -118,12 +118,11 @@ class ResumableDataset(IterableDataset):
 
 
 def evaluation_batches(source, *, batch_size: int, rank: int = 0, world_size: int = 1):
-    """Every sample of `source` once, in order, this rank's share (rank r takes batches r, r+W, ...)."""
+    """Every sample of `source` once, in order, this rank's share (rank r takes batches r, r+W, ...), as
+    LoadedBatch (so bad samples can be reported; `batch` is None when all of a batch was bad)."""
     ds = ResumableDataset(source, batch_size=batch_size, shuffle=False, drop_last=False)
     for b in range(rank, ds.num_batches(1), world_size):
-        loaded = ds._load(b, np.arange(b * batch_size, min((b + 1) * batch_size, len(source))))
-        if loaded.batch is not None:
-            yield loaded.batch
+        yield ds._load(b, np.arange(b * batch_size, min((b + 1) * batch_size, len(source))))
 
 
 def seed_worker_generator(seed: int, epoch: int) -> torch.Generator:

@@ -76,15 +76,14 @@ class Run:
         self.best = None
         self.last_eval = None
         self.elapsed = 0.0
-        self.counters = {"bad_samples": 0, "nonfinite_steps": 0}
+        # Checkpointed with the rest, so a replay after a crash counts each sample once.
+        self.counters = {"bad_samples": 0, "nonfinite_steps": 0, "epoch_bad": 0, "epoch_seen": 0}
         self._micro = 0
         self._boundary = False
         self._stepped: set[str] = set()
         self._consecutive_nonfinite = 0
         self._window: dict[str, torch.Tensor] = {}
         self._window_steps = 0
-        self._epoch_bad: list[str] = []
-        self._epoch_seen = 0
         self._last_saved_step = -1
         self._stop_requested = False
         self._clock = None
@@ -246,6 +245,7 @@ class Run:
         self._clock = time.perf_counter()
         try:
             yield from self._epochs(dataset)
+            self._check_bad_fraction()  # a run that ends mid-epoch still reports (and checks) what it skipped
         finally:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
@@ -260,8 +260,7 @@ class Run:
                                  world_size=self.world_size)
             last = dataset.num_batches(self.world_size) - 1
             for loaded in self._loader(dataset):
-                self._epoch_bad.extend(loaded.bad)
-                self._epoch_seen += loaded.size
+                self._count_samples(loaded)
                 self.samples_in_epoch = (loaded.index + 1) * g
                 if loaded.batch is None:
                     continue
@@ -285,19 +284,29 @@ class Run:
                           generator=seed_worker_generator(self.train.seed, self.epoch),
                           prefetch_factor=4 if workers else None, collate_fn=_identity)
 
+    def _count_samples(self, loaded) -> None:
+        """Name every bad sample in the log as it is met; the fraction is checked per epoch."""
+        self.counters["epoch_seen"] += loaded.size
+        for message in loaded.bad:
+            self.counters["bad_samples"] += 1
+            self.counters["epoch_bad"] += 1
+            self.info(f"skipped bad sample: {message}")
+
+    def _check_bad_fraction(self) -> None:
+        bad, seen = self.counters["epoch_bad"], self.counters["epoch_seen"]
+        if bad:
+            self.info(f"epoch {self.epoch}: skipped {bad} bad samples of {seen} (named above)")
+        if bad > self.train.max_bad_fraction * max(1, seen):
+            raise RuntimeError(f"{bad} of {seen} samples of epoch {self.epoch} were bad (> train.max_bad_fraction="
+                               f"{self.train.max_bad_fraction}); see 'skipped bad sample' lines in "
+                               f"{self.logger.log_path}")
+
     def _end_epoch(self) -> None:
         if self._micro:  # the epoch's last micro-batches were all bad: step with what was accumulated
             self._boundary = True
             self.optimizer_step()
-        bad = len(self._epoch_bad)
-        if bad:
-            self.counters["bad_samples"] += bad
-            self.info(f"epoch {self.epoch}: skipped {bad} bad samples of {self._epoch_seen}:\n  "
-                      + "\n  ".join(self._epoch_bad[:20]) + ("\n  ..." if bad > 20 else ""))
-            if bad > self.train.max_bad_fraction * max(1, self._epoch_seen):
-                raise RuntimeError(f"{bad} of {self._epoch_seen} samples were bad (> train.max_bad_fraction="
-                                   f"{self.train.max_bad_fraction}); first: {self._epoch_bad[0]}")
-        self._epoch_bad, self._epoch_seen = [], 0
+        self._check_bad_fraction()
+        self.counters["epoch_bad"] = self.counters["epoch_seen"] = 0
         self.info(f"epoch {self.epoch} done at step {self.step}")
         self.epoch += 1
         self.samples_in_epoch = 0
@@ -417,8 +426,13 @@ class Run:
 
     def eval_batches(self, source, batch_size: int):
         """Every validation sample once (this rank's share), on the device."""
-        for batch in evaluation_batches(source, batch_size=batch_size, rank=self.rank, world_size=self.world_size):
-            yield _to_device(batch, self.device)
+        bad = []
+        for loaded in evaluation_batches(source, batch_size=batch_size, rank=self.rank, world_size=self.world_size):
+            bad.extend(loaded.bad)
+            if loaded.batch is not None:
+                yield _to_device(loaded.batch, self.device)
+        if bad:
+            self.info(f"evaluation skipped {len(bad)} bad samples (not scored):\n  " + "\n  ".join(bad[:20]))
 
     def reduce_sums(self, values: dict) -> dict:
         return dist.all_reduce_sums(values, self.device)
