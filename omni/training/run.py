@@ -184,7 +184,7 @@ class Run:
         self.step, self.epoch = state[ckpt.STEP], state[ckpt.EPOCH]
         self.samples_in_epoch = state[ckpt.SAMPLES_IN_EPOCH]
         self.best, self.last_eval = state[ckpt.BEST], state[ckpt.LAST_EVAL]
-        self.elapsed, self.counters = state[ckpt.ELAPSED], dict(state[ckpt.COUNTERS])
+        self.elapsed, self.counters = state[ckpt.ELAPSED], {**self.counters, **state[ckpt.COUNTERS]}
         self._last_saved_step = self.step
         if state[ckpt.WORLD_SIZE] != self.world_size:
             self.info(f"WARNING: checkpoint was written with world size {state[ckpt.WORLD_SIZE]}, now "
@@ -349,11 +349,14 @@ class Run:
 
     def _step_one(self, name: str) -> None:
         opt, scaler = self.optimizers[name], self.scalers.get(name)
+        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if not params:  # nothing to update (e.g. a GAN's discriminator during a generator-only warm-up)
+            self._advance_schedule(name)
+            return
         if scaler:
             scaler.unscale_(opt)
-        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
         clip = self.train.grad_clip if self.train.grad_clip > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(params, clip) if params else torch.zeros((), device=self.device)
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
         # The one host sync per optimizer step: the NaN/Inf guard has to know before stepping.
         if torch.isfinite(norm):
             (scaler.step(opt) if scaler else opt.step())
@@ -370,10 +373,13 @@ class Run:
         if scaler:
             scaler.update()
         opt.zero_grad(set_to_none=True)
+        self._advance_schedule(name)
+        self._accumulate({f"grad_norm_{name}" if len(self.optimizers) > 1 else "grad_norm": norm})
+
+    def _advance_schedule(self, name: str) -> None:
         with warnings.catch_warnings():  # a skipped update still advances the schedule, which torch warns about
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
             self.schedulers[name].step()
-        self._accumulate({f"grad_norm_{name}" if len(self.optimizers) > 1 else "grad_norm": norm})
 
     def _accumulate(self, values: dict) -> None:
         for k, v in values.items():
