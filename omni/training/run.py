@@ -430,10 +430,12 @@ class Run:
                 self.info(f"new best {self.metric} {_fmt(value)}")
         return metrics
 
-    def eval_batches(self, source, batch_size: int):
-        """Every validation sample once (this rank's share), on the device."""
+    def eval_batches(self, source, batch_size: int, *, shard: bool = True):
+        """Every validation sample once, on the device: this rank's share, or (shard=False) all of it on every rank,
+        for metrics that need every candidate at once such as retrieval R@k. Bad samples are named in the log."""
         bad = []
-        for loaded in evaluation_batches(source, batch_size=batch_size, rank=self.rank, world_size=self.world_size):
+        rank, world = (self.rank, self.world_size) if shard else (0, 1)
+        for loaded in evaluation_batches(source, batch_size=batch_size, rank=rank, world_size=world):
             bad.extend(loaded.bad)
             if loaded.batch is not None:
                 yield _to_device(loaded.batch, self.device)
@@ -535,8 +537,10 @@ def _lock_run_dir(run_dir: Path):
         return _HELD_LOCKS[key]
     handle = (run_dir / ".lock").open("a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        # lockf (POSIX) rather than flock: forked DataLoader workers don't inherit it, so a killed run's
+        # lingering workers can't keep the rerun locked out.
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         handle.seek(0)
         owner = handle.read().strip() or "unknown"
         raise SystemExit(f"{run_dir} is in use by another running process (pid {owner}); wait for it or stop it") \
