@@ -350,8 +350,10 @@ class Run:
     def _step_one(self, name: str) -> None:
         opt, scaler = self.optimizers[name], self.scalers.get(name)
         params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        key = f"grad_norm_{name}" if len(self.optimizers) > 1 else "grad_norm"
         if not params:  # nothing to update (e.g. a GAN's discriminator during a generator-only warm-up)
             self._advance_schedule(name)
+            self._accumulate({key: 0.0})
             return
         if scaler:
             scaler.unscale_(opt)
@@ -374,7 +376,7 @@ class Run:
             scaler.update()
         opt.zero_grad(set_to_none=True)
         self._advance_schedule(name)
-        self._accumulate({f"grad_norm_{name}" if len(self.optimizers) > 1 else "grad_norm": norm})
+        self._accumulate({key: norm})
 
     def _advance_schedule(self, name: str) -> None:
         with warnings.catch_warnings():  # a skipped update still advances the schedule, which torch warns about
