@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from omni.config import ConfigError, TrainConfig, from_dict, load_config_file, parse_override
-from omni.stages import TextStage
+from omni.stages import AudioStage, OcrStage, SftStage, TalkerStage, TextStage, VisionStage, VocoderStage
 from tests.conftest import REPO
 
 
@@ -71,7 +71,35 @@ def test_script_exits_nonzero_on_unknown_key():
     assert "lrr" in result.stderr and "did you mean 'lr'" in result.stderr
 
 
+# config file name prefix -> stage dataclass (configs/thinker_tiny.json, configs/demo/thinker.json, ...)
+STAGE_OF_CONFIG = {"thinker": TextStage, "audio_enc": AudioStage, "vision": VisionStage, "ocr": OcrStage,
+                   "omni_sft": SftStage, "talker": TalkerStage, "vocoder": VocoderStage}
+
+
 def test_shipped_configs_load():
+    loaded = []
     for path in sorted((REPO / "configs").rglob("*.json")):
-        if path.name.startswith("thinker"):
-            load_config_file(TextStage, path)
+        for prefix, stage in STAGE_OF_CONFIG.items():
+            if path.name.startswith(prefix):
+                load_config_file(stage, path)
+                loaded.append(prefix)
+    assert set(loaded) == set(STAGE_OF_CONFIG)
+
+
+def test_speech_out_configs_check_what_the_phases_share(tmp_path):
+    tiny = load_config_file(TalkerStage, REPO / "configs/talker_tiny.json")
+    assert (tiny.talker.model.d_model, tiny.talker.model.n_layers, tiny.talker.model.n_heads) == (192, 4, 3)
+    assert tiny.talker.model.d_ff == 768 and tiny.phase == "all"
+    demo = REPO / "configs/demo/talker.json"
+    with pytest.raises(ConfigError, match="talker.model.codebook_size=512 must equal codec.model.codebook_size=256"):
+        load_config_file(TalkerStage, demo, ["talker.model.codebook_size=512"])
+    with pytest.raises(ConfigError, match="each phase is a run of its own"):
+        load_config_file(TalkerStage, demo, ["codec.train.save_dir=checkpoints/demo/talker"])
+    with pytest.raises(ConfigError, match="phase must be one of"):
+        load_config_file(TalkerStage, demo, ["phase=vocoder"])
+    with pytest.raises(ConfigError, match="'train' in TalkerStage"):  # each phase has its own train section
+        load_config_file(TalkerStage, demo, ["train.lr=1"])
+    vocoder = load_config_file(VocoderStage, REPO / "configs/demo/vocoder.json", ["adam_betas=[0.5, 0.9]"])
+    assert vocoder.adam_betas == (0.5, 0.9) and vocoder.mel_warmup_steps > 0
+    with pytest.raises(ConfigError, match="fp16"):
+        load_config_file(VocoderStage, REPO / "configs/demo/vocoder.json", ["train.precision=fp16"])

@@ -1,7 +1,6 @@
 """Stage A end to end: train_text.py on a tiny config, SIGKILL at random moments + rerun == straight run, DDP."""
 
 import json
-import random
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
+from tests.stage_helpers import kill_and_rerun_until_done
 
 TINY = {
     "model": {"vocab_size": 400, "d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "d_ff": 64,
@@ -29,36 +29,6 @@ def command(tmp_path, corpus, save_dir, *extra, launcher=(sys.executable,)):
 
 def weights(save_dir):
     return torch.load(save_dir / "thinker.pt", weights_only=True)["model"]
-
-
-def newest_step(save_dir) -> int:
-    steps = [int(p.stem.rsplit("_", 1)[1]) for p in save_dir.glob("thinker_step_*.pt")]
-    return max(steps, default=-1)
-
-
-def kill_and_rerun_until_done(cmd, save_dir, seed, max_launches=8):
-    """Start `cmd`; once it has written a new checkpoint, SIGKILL it after a random delay (landing mid-step,
-    mid-evaluation or mid-checkpoint-write); rerun. Returns the number of kills; the last launch completes."""
-    rng = random.Random(seed)
-    kills = 0
-    for _ in range(max_launches - 1):
-        before = newest_step(save_dir)
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        while proc.poll() is None and newest_step(save_dir) == before:
-            time.sleep(0.02)
-        try:
-            proc.wait(timeout=rng.uniform(0.0, 1.0))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            proc.stderr.close()
-            kills += 1
-            continue
-        if proc.returncode != 0:
-            raise AssertionError(proc.stderr.read().decode()[-2000:])
-        return kills
-    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300)
-    return kills
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -1,0 +1,131 @@
+"""Stage B: train the AuT audio encoder with a CTC character head (ASR) on speech with transcripts.
+
+    python train_audio_enc.py --config configs/audio_enc_tiny.json [--set train.max_steps=2000 ...]
+
+Data: data.train_manifest / data.val_manifest are JSONL manifests {"audio", "text"[, "duration"]}, LibriSpeech split
+folders or LJSpeech folders. Transcripts are normalised to lowercase a-z, apostrophe and space; the character
+vocabulary is the sorted set of characters of the normalised training transcripts (blank = id 0). It is written to
+<save_dir>/vocab.json on the first run and that file is the run's alphabet from then on (the CTC head's size depends
+on it). Unusable clips (unreadable audio, empty transcripts, transcripts with more characters than the audio has
+CTC frames, clips over data.max_mel_length) are skipped, counted and named in training.log at each epoch end.
+
+Batches are bucketed by clip length (data.bucket_batches) to cut padding; data.max_mel_length pads every batch to a
+static length instead (required by train.compile; scripts/check_mel_lengths.py recommends a value). SpecAugment
+masking runs in the training step with the checkpointed RNG, so resuming stays exact. Metrics on the validation set
+(greedy CTC decoding): CER and WER, summed over utterances; sample transcriptions go to the log.
+
+Rerunning the same command resumes from the newest checkpoint in train.save_dir. Final weights:
+<save_dir>/audio_enc.pt = {"model": AsrModel state dict (encoder + head), "config": AudioEncoderConfig,
+"vocab": the character list (CharVocab.to_list()), "ctc_upsample": int, "n_mels": int}.
+"""
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from omni.audio import spec_augment
+from omni.audio_encoder import AsrModel, AudioEncoder, ctc_loss
+from omni.config import load_config, to_dict
+from omni.ctc import CharVocab, ctc_greedy_decode
+from omni.data.resumable import ResumableDataset
+from omni.data.speech import AsrSource, load_asr_records, normalize_transcript
+from omni.metrics import char_error_counts, word_error_counts
+from omni.stages import AudioStage
+from omni.training import Run, adamw
+from omni.training.distributed import barrier
+
+cfg, args = load_config(AudioStage, description=__doc__)
+run = Run(cfg, name="audio_enc", metric="val_cer", mode="min", force=args.force)
+
+# ---- vocabulary: from the training transcripts; the first run's vocab.json stays the run's alphabet
+train_records = load_asr_records(cfg.data.train_manifest)
+val_records = load_asr_records(cfg.data.val_manifest)
+vocab = CharVocab.from_texts(normalize_transcript(r["text"]) for r in train_records)
+vocab_file = run.run_dir / "vocab.json"
+if run.is_main:
+    if not vocab_file.exists():
+        tmp = vocab_file.with_suffix(".json.tmp")  # write + rename: a kill never leaves half a vocabulary
+        tmp.write_text(json.dumps(vocab.to_list()) + "\n")
+        os.replace(tmp, vocab_file)
+    elif json.loads(vocab_file.read_text()) != vocab.to_list():
+        message = (f"the transcripts of {cfg.data.train_manifest} use the characters {''.join(vocab.to_list())!r}, "
+                   f"but this run's {vocab_file} has {''.join(json.loads(vocab_file.read_text()))!r}")
+        if not args.force:
+            raise SystemExit(f"{message}; use a new train.save_dir (or --force to keep the run's alphabet and skip "
+                             "transcripts with other characters)")
+        run.info(f"WARNING: {message}; --force: keeping the run's alphabet")
+barrier()
+vocab = CharVocab.from_list(json.loads(vocab_file.read_text()))
+
+
+# ---- data
+def asr_source(records) -> AsrSource:
+    return AsrSource(records, vocab=vocab, n_mels=cfg.model.encoder.n_mels, max_mel_length=cfg.data.max_mel_length,
+                     ctc_upsample=cfg.model.ctc_upsample)
+
+
+train_set = ResumableDataset(asr_source(train_records), batch_size=cfg.train.batch_size, seed=cfg.train.seed,
+                             bucket_batches=cfg.data.bucket_batches)
+val_source = asr_source(val_records)
+run.info(f"data: {len(train_records)} training utterances, {len(val_records)} validation utterances, "
+         f"{len(vocab) - 1} characters: {''.join(vocab.to_list())!r}")
+unscorable = [r["audio"].name for r in val_records if vocab.unknown_chars(normalize_transcript(r["text"]))]
+if unscorable:
+    run.info(f"WARNING: {len(unscorable)} validation utterances use characters never seen in training and are not "
+             f"scored, e.g. {unscorable[0]}")
+augment = {k: v for k, v in dataclasses.asdict(cfg.data.spec_augment).items() if k != "enabled"}
+
+# ---- model
+model = AsrModel(AudioEncoder(cfg.model.encoder), vocab_size=len(vocab), ctc_upsample=cfg.model.ctc_upsample)
+optimizer = adamw(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+model = run.setup(model, optimizer, train_set)
+
+
+def evaluate() -> dict:
+    nll = utterances = word_edits = words = char_edits = chars = 0.0
+    shown = []
+    for batch in run.eval_batches(val_source, cfg.data.val_batch_size):
+        with run.autocast():
+            log_probs, _ = run.raw_model(batch["mel"], batch["mel_lengths"])
+        frames = run.raw_model.output_lengths(batch["mel_lengths"])
+        loss = ctc_loss(log_probs, frames, batch["labels"], batch["label_lengths"])
+        hypotheses = [vocab.decode(ids) for ids in ctc_greedy_decode(log_probs, frames)]
+        for hyp, ref in zip(hypotheses, batch["texts"]):
+            (we, wn), (ce, cn) = word_error_counts(hyp, ref), char_error_counts(hyp, ref)
+            word_edits, words, char_edits, chars = word_edits + we, words + wn, char_edits + ce, chars + cn
+        nll, utterances = nll + loss.item() * len(hypotheses), utterances + len(hypotheses)
+        shown += list(zip(batch["audio"], batch["texts"], hypotheses))[: cfg.data.sample_transcriptions - len(shown)]
+    for audio, ref, hyp in shown:
+        run.info(f"sample {Path(audio).name}: {ref!r} -> {hyp!r}")
+    sums = run.reduce_sums({"nll": nll, "utterances": utterances, "word_edits": word_edits, "words": words,
+                            "char_edits": char_edits, "chars": chars})
+    if sums["utterances"] < len(val_source):
+        run.info(f"WARNING: {len(val_source) - int(sums['utterances'])} of {len(val_source)} validation utterances "
+                 "are unusable (bad audio or transcript) and not scored")
+    return {"val_loss": sums["nll"] / sums["utterances"], "val_cer": sums["char_edits"] / sums["chars"],
+            "val_wer": sums["word_edits"] / sums["words"]}
+
+
+# ---- loop. The loss is computed outside the (possibly compiled) model, so the compiled graph only ever sees the
+# static (B, max_mel_length, n_mels) input and not the per-batch transcript length.
+for batch in run.batches(train_set):
+    mel, mel_lengths = batch["mel"], batch["mel_lengths"]
+    if cfg.data.spec_augment.enabled:
+        mel = spec_augment(mel, mel_lengths, **augment)
+    with run.micro_step():
+        log_probs, _ = model(mel, mel_lengths)
+        loss = ctc_loss(log_probs, run.raw_model.output_lengths(mel_lengths), batch["labels"], batch["label_lengths"])
+        run.backward(loss)
+    if run.optimizer_step():
+        run.log(loss=loss, padding=1 - mel_lengths.sum() / mel_lengths.new_tensor(mel.shape[0] * mel.shape[1]))
+        run.maybe_evaluate(evaluate)
+        run.maybe_checkpoint()
+
+# ---- save
+metrics = run.finish(evaluate, final_weights={
+    "audio_enc.pt": {"model": run.raw_model.state_dict(), "config": to_dict(cfg.model.encoder),
+                     "vocab": vocab.to_list(), "ctc_upsample": cfg.model.ctc_upsample,
+                     "n_mels": cfg.model.encoder.n_mels},
+})
+print(f"val_cer {metrics['val_cer']:.4f} val_wer {metrics['val_wer']:.4f}")

@@ -1,0 +1,100 @@
+"""OCR: train a text-line recogniser (conv frontend + transformer, CTC over characters).
+
+    python train_ocr.py --config configs/ocr_tiny.json [--set train.max_steps=2000 ...]
+
+The character vocabulary is the sorted set of characters of the training texts (blank = id 0); model.vocab_size 0
+takes its size from there. Lines are batched by length (data.bucket_batches) to keep padding low; data.max_width
+squeezes wider lines and pads every batch to that width (static shapes; required by train.compile). Metrics on the
+validation lines: CER (character edits / reference characters, greedy CTC decoding) and exact-line accuracy.
+
+Rerunning the same command resumes from the newest checkpoint in train.save_dir. Final weights: <save_dir>/ocr.pt =
+{"model": OcrModel state dict, "config": OcrConfig, "vocab": the character list (CharVocab.to_list()),
+"max_width": data.max_width (inference squeezes lines the same way)}.
+"""
+
+import json
+
+from omni.config import load_config, to_dict
+from omni.ctc import CharVocab, ctc_greedy_decode
+from omni.data.images import OcrSource, read_ocr_manifest
+from omni.data.resumable import ResumableDataset
+from omni.metrics import char_error_counts
+from omni.ocr import OcrModel
+from omni.stages import OcrStage
+from omni.training import Run, adamw
+
+cfg, args = load_config(OcrStage, description=__doc__)
+
+# ---- vocabulary: from the training texts, before Run, so the config it records holds the real vocab_size
+train_records = read_ocr_manifest(cfg.data.train_manifest)
+val_records = read_ocr_manifest(cfg.data.val_manifest)
+vocab = CharVocab.from_texts(r["text"] for r in train_records)
+if cfg.model.vocab_size == 0:
+    cfg.model.vocab_size = len(vocab)
+elif cfg.model.vocab_size != len(vocab):
+    raise SystemExit(f"model.vocab_size is {cfg.model.vocab_size} but the texts of {cfg.data.train_manifest} give "
+                     f"{len(vocab)} ids ({len(vocab) - 1} characters + blank); set it to 0 or {len(vocab)}")
+
+run = Run(cfg, name="ocr", metric="val_cer", mode="min", force=args.force)
+# The manifest may change between runs; a resumed model must keep its alphabet, so the first run's is the reference.
+vocab_file = run.run_dir / "vocab.json"
+if run.is_main:
+    if vocab_file.exists() and json.loads(vocab_file.read_text()) != vocab.to_list() and not args.force:
+        raise SystemExit(f"the characters of {cfg.data.train_manifest} differ from {vocab_file} of this run; "
+                         "use a new train.save_dir (or --force)")
+    vocab_file.write_text(json.dumps(vocab.to_list(), ensure_ascii=False) + "\n")
+
+# ---- data
+def ocr_source(records) -> OcrSource:
+    return OcrSource(records, vocab=vocab, height=cfg.model.height, max_width=cfg.data.max_width,
+                     width_stride=OcrModel.width_stride)
+
+
+train_set = ResumableDataset(ocr_source(train_records), batch_size=cfg.train.batch_size, seed=cfg.train.seed,
+                             bucket_batches=cfg.data.bucket_batches)
+val_source = ocr_source(val_records)
+run.info(f"data: {len(train_records)} training lines, {len(val_records)} validation lines, "
+         f"{len(vocab) - 1} characters: {''.join(vocab.to_list())!r}")
+
+# ---- model
+model = OcrModel(cfg.model)
+optimizer = adamw(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+model = run.setup(model, optimizer, train_set)
+
+
+def evaluate() -> dict:
+    nll = lines = edits = chars = exact = 0.0
+    shown = []
+    for batch in run.eval_batches(val_source, cfg.data.val_batch_size):
+        with run.autocast():
+            log_probs, loss = run.raw_model(batch["images"], batch["widths"], batch["labels"], batch["label_lengths"])
+        frames = run.raw_model.output_lengths(batch["widths"])
+        hypotheses = [vocab.decode(ids) for ids in ctc_greedy_decode(log_probs, frames)]
+        for hyp, ref in zip(hypotheses, batch["texts"]):
+            e, n = char_error_counts(hyp, ref)
+            edits, chars, exact = edits + e, chars + n, exact + (hyp == ref)
+        nll, lines = nll + loss.item() * len(hypotheses), lines + len(hypotheses)
+        shown += list(zip(batch["texts"], hypotheses))[: cfg.data.sample_lines - len(shown)]
+    for ref, hyp in shown:
+        run.info(f"sample: {ref!r} -> {hyp!r}")
+    sums = run.reduce_sums({"nll": nll, "lines": lines, "edits": edits, "chars": chars, "exact": exact})
+    return {"val_loss": sums["nll"] / sums["lines"], "val_cer": sums["edits"] / sums["chars"],
+            "val_exact_line_acc": sums["exact"] / sums["lines"]}
+
+
+# ---- loop
+for batch in run.batches(train_set):
+    with run.micro_step():
+        _, loss = model(batch["images"], batch["widths"], batch["labels"], batch["label_lengths"])
+        run.backward(loss)
+    if run.optimizer_step():
+        run.log(loss=loss)
+        run.maybe_evaluate(evaluate)
+        run.maybe_checkpoint()
+
+# ---- save
+metrics = run.finish(evaluate, final_weights={
+    "ocr.pt": {"model": run.raw_model.state_dict(), "config": to_dict(cfg.model), "vocab": vocab.to_list(),
+               "max_width": cfg.data.max_width},
+})
+print(f"val_cer {metrics['val_cer']:.4f} val_exact_line_acc {metrics['val_exact_line_acc']:.4f}")
