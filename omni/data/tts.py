@@ -1,0 +1,231 @@
+"""Speech-out data (Stage D codec and Talker, the vocoder): clips as log-mels (+ waveforms), and text -> codes pairs.
+
+Records come from `omni.data.speech.load_asr_records` (JSONL manifests, LibriSpeech or LJSpeech folders), so every
+layout Stage B reads feeds these stages too.
+
+- `SpeechClips`: item -> log-mel (T, F) (+ the 16 kHz waveform for the vocoder). Batches are padded with silence
+  (log-mel floor, zero samples), so a padded mel and its padded waveform still describe the same sound.
+- `random_segments`: the vocoder's (and the codec's) random training crops. They are drawn on the batch's device
+  with the global torch RNG inside the training step, never in data workers: the RNG state is checkpointed, so a
+  resumed run draws the same crops as an uninterrupted one, for any num_workers.
+- `build_code_cache` / `TalkerCodes`: the Talker trains on the codes of a frozen, trained codec. They are computed
+  once per (codec weights, tokenizer, manifest) into a cache file named by a hash of the three, so a changed codec
+  never feeds stale codes, and the Talker's data loading reads no audio at all. Utterances that cannot be used
+  (unreadable audio, empty text, too long for the Talker) are kept in the cache as a reason, and the source raises
+  `BadSample` with it, so the training loop counts and reports them like any other bad sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import unicodedata
+from pathlib import Path
+
+import torch
+
+from omni.audio import (
+    HOP_LENGTH,
+    LOG_MEL_FLOOR,
+    MIN_SAMPLES,
+    AudioError,
+    LogMel,
+    load_audio,
+)
+from omni.data.resumable import BadSample
+from omni.data.speech import AsrSource
+from omni.training.checkpoint import atomic_save
+from omni.training.checkpoint import load as load_file
+
+SILENCE_LOG_MEL = math.log(LOG_MEL_FLOOR)  # LogMel of digital silence: the pad value that matches zero samples
+
+
+def talker_text(text: str) -> str:
+    """The text the Talker reads: NFKC, lowercase, single spaces. Punctuation and digits are kept (the tokenizer
+    covers them); case is folded because speech corpora disagree on it (LibriSpeech is upper case)."""
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def talker_text_ids(tokenizer, text: str) -> list[int]:
+    """Talker text prefix: <bos> text <eos>, so the model sees where the text ends and the speech starts."""
+    return tokenizer.encode(talker_text(text), bos=True, eos=True)
+
+
+class SpeechClips:
+    """Indexable source of speech clips: item -> {"mel" (T, F), "audio", ["wav" (T * hop,)]}.
+
+    with_wav: also return the waveform, cut or zero-padded to exactly T * HOP_LENGTH samples (the length the
+    vocoder produces for T frames; LogMel's centred frames give T = N // hop + 1, so at most one hop is padded).
+    """
+
+    def __init__(self, records: list[dict], *, n_mels: int, with_wav: bool = False):
+        self.records = records
+        self.with_wav = with_wav
+        self.logmel = LogMel(n_mels)
+        self.n_mels = n_mels
+        self._lengths: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Approximate mel frames per item for length bucketing (manifest duration, else the file header)."""
+        if self._lengths is None:
+            self._lengths = [AsrSource._estimate_frames(r) for r in self.records]
+        return self._lengths
+
+    def __getitem__(self, i: int) -> dict:
+        path = self.records[i]["audio"]
+        try:
+            wav = load_audio(path)
+        except AudioError as e:
+            raise BadSample(str(e)) from None
+        if wav.shape[0] < MIN_SAMPLES:
+            raise BadSample(f"{path}: only {wav.shape[0]} samples at 16 kHz, too short for one mel frame")
+        with torch.no_grad():
+            mel = self.logmel(wav)
+        item = {"mel": mel, "audio": str(path)}
+        if self.with_wav:
+            n = mel.shape[0] * HOP_LENGTH
+            item["wav"] = torch.nn.functional.pad(wav[:n], (0, max(0, n - wav.shape[0])))
+        return item
+
+    def collate(self, samples: list[dict]) -> dict:
+        """mel (B, T, F) padded with SILENCE_LOG_MEL, mel_lengths (B,), [wav (B, T * hop) zero-padded], audio."""
+        lengths = torch.tensor([s["mel"].shape[0] for s in samples])
+        mel = torch.full((len(samples), int(lengths.max()), self.n_mels), SILENCE_LOG_MEL)
+        for i, s in enumerate(samples):
+            mel[i, : s["mel"].shape[0]] = s["mel"]
+        batch = {"mel": mel, "mel_lengths": lengths, "audio": [s["audio"] for s in samples]}
+        if self.with_wav:
+            wav = torch.zeros(len(samples), mel.shape[1] * HOP_LENGTH)
+            for i, s in enumerate(samples):
+                wav[i, : s["wav"].shape[0]] = s["wav"]
+            batch["wav"] = wav
+        return batch
+
+
+def random_segments(
+    mel: torch.Tensor, lengths: torch.Tensor, frames: int, wav: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Random crops of `frames` mel frames per row (and the matching frames * hop samples of wav).
+
+    mel (B, T, F), lengths (B,), wav (B, T * hop) or None -> (mel (B, S, F), lengths (B,), wav (B, S * hop) or
+    None) with S = min(frames, T). A row longer than S starts at a uniform offset in [0, length - S]; a shorter
+    row starts at 0 and keeps its padding. Offsets come from the global torch RNG on mel's device (see the module
+    docstring for why).
+    """
+    B, T, _ = mel.shape
+    S = min(frames, T)
+    lengths = lengths.to(mel.device)
+    room = (lengths - S).clamp(min=0)
+    start = (torch.rand(B, device=mel.device) * (room + 1)).floor().long().clamp(max=room)
+    index = start[:, None] + torch.arange(S, device=mel.device)  # (B, S)
+    mel_out = mel.gather(1, index[:, :, None].expand(B, S, mel.shape[2]))
+    wav_out = None
+    if wav is not None:
+        samples = start[:, None] * HOP_LENGTH + torch.arange(S * HOP_LENGTH, device=wav.device)
+        wav_out = wav.gather(1, samples)
+    return mel_out, (lengths - start).clamp(max=S), wav_out
+
+
+def _fingerprint(records: list[dict], codec_file: Path, tokenizer, n_mels: int) -> str:
+    h = hashlib.sha256()
+    h.update(Path(codec_file).read_bytes())
+    h.update(tokenizer.fingerprint.encode())
+    h.update(json.dumps([[str(r["audio"]), r["text"]] for r in records]).encode())
+    h.update(str(n_mels).encode())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def build_code_cache(
+    records: list[dict],
+    *,
+    codec,
+    codec_file: str | Path,
+    tokenizer,
+    max_text_len: int,
+    max_frames: int,
+    cache_dir: str | Path,
+    name: str,
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+    log=print,
+) -> Path:
+    """Encode every record once with the frozen `codec` (eval mode): `<cache_dir>/<name>.<hash>.codes.pt` holding
+    per record the text ids (int32) and codes (F, K) (int16), or the reason it is unusable. Returns the path; an
+    existing cache for the same codec file, tokenizer and records is reused. Call on one process only."""
+    path = Path(cache_dir) / f"{name}.{_fingerprint(records, codec_file, tokenizer, codec.cfg.n_mels)}.codes.pt"
+    if path.exists():
+        return path
+    log(f"encoding {len(records)} utterances with the frozen codec into {path}")
+    clips = SpeechClips(records, n_mels=codec.cfg.n_mels)
+    text_ids, codes, reasons = [], [], []
+    pending: list[tuple[int, dict]] = []  # (record index, clip) waiting to be encoded as one batch
+
+    def flush():
+        batch = clips.collate([clip for _, clip in pending])
+        out = codec.encode(batch["mel"].to(device), batch["mel_lengths"].to(device)).cpu()
+        for row, (i, clip) in enumerate(pending):
+            n = math.ceil(clip["mel"].shape[0] / codec.cfg.downsample)
+            if n > max_frames:
+                reasons[i] = f"{clip['audio']}: {n} code frames exceed the Talker's max_frames={max_frames}"
+            else:
+                codes[i] = out[row, :n].to(torch.int16)
+        pending.clear()
+
+    for i, record in enumerate(records):
+        ids = talker_text_ids(tokenizer, record["text"])
+        text_ids.append(torch.tensor(ids, dtype=torch.int32))
+        codes.append(torch.zeros(0, codec.cfg.n_codebooks, dtype=torch.int16))
+        reasons.append("")
+        if not talker_text(record["text"]):
+            reasons[i] = f"{record['audio']}: empty transcript"
+        elif len(ids) > max_text_len:
+            reasons[i] = f"{record['audio']}: {len(ids)} text tokens exceed the Talker's max_text_len={max_text_len}"
+        else:
+            try:
+                pending.append((i, clips[i]))
+            except BadSample as e:
+                reasons[i] = str(e)
+        if len(pending) == batch_size:
+            flush()
+    if pending:
+        flush()
+    atomic_save({"text_ids": text_ids, "codes": codes, "bad": reasons}, path)
+    return path
+
+
+class TalkerCodes:
+    """Indexable source over a code cache: item -> {"text_ids" (T,), "codes" (F, K)}; see build_code_cache."""
+
+    def __init__(self, cache_file: str | Path):
+        data = load_file(cache_file)
+        self.text_ids, self.codes, self.bad = data["text_ids"], data["codes"], data["bad"]
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Text tokens + code frames per item (the Talker's sequence length), for length bucketing."""
+        return [len(t) + len(c) for t, c in zip(self.text_ids, self.codes)]
+
+    def __getitem__(self, i: int) -> dict:
+        if self.bad[i]:
+            raise BadSample(self.bad[i])
+        return {"text_ids": self.text_ids[i].long(), "codes": self.codes[i].long()}
+
+    def collate(self, samples: list[dict]) -> dict:
+        """text_ids (B, T) right-padded with 0, text_lengths (B,), codes (B, F, K) padded with 0, code_lengths (B,)."""
+        text_lengths = torch.tensor([len(s["text_ids"]) for s in samples])
+        code_lengths = torch.tensor([len(s["codes"]) for s in samples])
+        text = torch.zeros(len(samples), int(text_lengths.max()), dtype=torch.long)
+        codes = torch.zeros(len(samples), int(code_lengths.max()), samples[0]["codes"].shape[1], dtype=torch.long)
+        for i, s in enumerate(samples):
+            text[i, : len(s["text_ids"])] = s["text_ids"]
+            codes[i, : len(s["codes"])] = s["codes"]
+        return {"text_ids": text, "text_lengths": text_lengths, "codes": codes, "code_lengths": code_lengths}

@@ -1,0 +1,198 @@
+"""Stage D: train the RVQ speech codec, then the text-conditioned Talker on the frozen codec's codes.
+
+    python train_talker.py --config configs/talker_tiny.json [--set phase=codec talker.train.max_steps=4000 ...]
+
+Two phases, each a resumable run of its own with its own model/data/train section of the config:
+- phase "codec": the codec learns to reconstruct 100 Hz log-mels through K residual-VQ codebooks. Runs in
+  codec.train.save_dir (checkpoints `codec_step_N.pt`); final weights `rvq_codec.pt` there. Metrics on the held-out
+  clips: reconstruction error of the normalised log-mel ((mel - mel_mean) / mel_std) as L1 and MSE, and the
+  perplexity of each codebook's usage (codebook_size at best, 1 = collapsed).
+- phase "talker": the Talker learns text -> codes. Runs in talker.train.save_dir (checkpoints `talker_step_N.pt`).
+  At its start the trained codec is copied beside it (`rvq_codec.pt`, the codec this Talker speaks) and every
+  utterance is encoded once into a code cache named by a hash of codec, tokenizer and manifest, so the Talker's
+  data loading reads no audio. If the codec run changes after the Talker run started, the Talker stops instead of
+  mixing codes of two codecs (--force keeps the codec it started with). Metrics: code cross entropy and accuracy
+  (all codebooks and per codebook) on the held-out utterances; sample sentences are spoken at each evaluation.
+  Final weights `talker.pt`, with `rvq_codec.pt` and `tokenizer.model` (Stage A's) beside it.
+- phase "all" (default) runs both in sequence. Rerunning the same command resumes whichever phase was interrupted;
+  a finished phase only rewrites its final files.
+
+Codec training clips longer than codec.data.crop_frames get a random crop, drawn in the training step from the
+checkpointed global RNG, so resuming stays exact.
+"""
+
+from pathlib import Path
+
+import torch
+
+from omni.codec import Codec, usage_perplexity
+from omni.config import load_config, to_dict
+from omni.data.resumable import ResumableDataset
+from omni.data.speech import load_asr_records
+from omni.data.tts import SpeechClips, TalkerCodes, build_code_cache, random_segments
+from omni.speech import CODEC_FILE, TALKER_FILE, load_component
+from omni.stages import TalkerStage
+from omni.talker import IGNORE_INDEX, Talker, code_accuracy, talker_targets
+from omni.tokenizer import TOKENIZER_FILE, Tokenizer
+from omni.training import Run, adamw
+from omni.training import checkpoint as ckpt
+from omni.training.distributed import barrier
+
+cfg, args = load_config(TalkerStage, description=__doc__)
+
+
+def train_codec(c) -> None:
+    run = Run(c, name="codec", metric="val_recon_l1", mode="min", force=args.force)
+    n_mels, K = c.model.n_mels, c.model.n_codebooks
+    train_set = ResumableDataset(SpeechClips(load_asr_records(c.data.train_manifest), n_mels=n_mels),
+                                 batch_size=c.train.batch_size, seed=c.train.seed, bucket_batches=c.data.bucket_batches)
+    val_source = SpeechClips(load_asr_records(c.data.val_manifest), n_mels=n_mels)
+    run.info(f"data: {len(train_set)} training clips, {len(val_source)} validation clips")
+    model = Codec(c.model)
+    model = run.setup(model, adamw(model, lr=c.train.lr, weight_decay=c.train.weight_decay), train_set)
+
+    def evaluate() -> dict:
+        sums, usage = {"l1": 0.0, "sq": 0.0, "values": 0.0}, torch.zeros(K, c.model.codebook_size, device=run.device)
+        for batch in run.eval_batches(val_source, c.data.val_batch_size):
+            mel, lengths = batch["mel"], batch["mel_lengths"]
+            with run.autocast():
+                out = run.raw_model(mel, lengths)
+            valid = (torch.arange(mel.shape[1], device=mel.device) < lengths[:, None])[:, :, None]
+            err = (out.recon.float() - mel) / c.model.mel_std * valid  # normalised log-mel units, padding zeroed
+            sums["l1"] += err.abs().sum().item()
+            sums["sq"] += err.pow(2).sum().item()
+            sums["values"] += valid.sum().item() * n_mels
+            usage += out.usage
+        sums = run.reduce_sums(sums)
+        counts = run.reduce_sums(dict(enumerate(usage.flatten().tolist())))  # every rank's code counts
+        usage = torch.tensor([counts[i] for i in range(usage.numel())]).view(K, -1)
+        ppl = usage_perplexity(usage)
+        return {"val_recon_l1": sums["l1"] / sums["values"], "val_recon_mse": sums["sq"] / sums["values"],
+                **{f"val_ppl_cb{k}": ppl[k].item() for k in range(K)},
+                **{f"val_used_cb{k}": int((usage[k] > 0).sum()) for k in range(K)}}
+
+    for batch in run.batches(train_set):
+        mel, lengths, _ = random_segments(batch["mel"], batch["mel_lengths"], c.data.crop_frames)
+        with run.micro_step():
+            out = model(mel, lengths)
+            run.backward(out.loss)
+        if run.optimizer_step():
+            ppl = usage_perplexity(out.usage)  # of this batch only; the val perplexity counts every held-out frame
+            run.log(loss=out.loss, **out.losses, **{f"batch_ppl_cb{k}": ppl[k] for k in range(K)})
+            run.maybe_evaluate(evaluate)
+            run.maybe_checkpoint()
+
+    metrics = run.finish(evaluate, final_weights={
+        CODEC_FILE: {"model": run.raw_model.state_dict(), "config": to_dict(c.model)},
+    })
+    print(f"codec val_recon_l1 {metrics['val_recon_l1']:.4f} val_recon_mse {metrics['val_recon_mse']:.4f} "
+          + " ".join(f"val_ppl_cb{k} {metrics[f'val_ppl_cb{k}']:.1f}" for k in range(K)), flush=True)
+
+
+def same_weights(a, b) -> bool:
+    sa, sb = ckpt.load(a)["model"], ckpt.load(b)["model"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def train_talker(t, codec_dir) -> None:
+    run = Run(t, name="talker", metric="val_loss", mode="min", force=args.force)
+    # ---- the codec this Talker speaks: a copy beside it, refreshed only while the Talker has no checkpoint
+    codec_file, trained = run.run_dir / CODEC_FILE, codec_dir / CODEC_FILE
+    if run.is_main:
+        started = bool(ckpt.step_checkpoints(run.run_dir, "talker"))
+        if not trained.exists() and not codec_file.exists():
+            raise SystemExit(f"no trained codec: {trained} does not exist; run the codec phase first (--set phase="
+                             "codec or phase=all)")
+        if trained.exists() and (not codec_file.exists() or not started):
+            ckpt.atomic_save(ckpt.load(trained), codec_file)
+        elif trained.exists() and not same_weights(trained, codec_file):
+            message = f"{trained} changed after this Talker run started on the codec in {codec_file}"
+            if not args.force:
+                raise SystemExit(f"{message}; use a new talker.train.save_dir, or --force to keep training on the "
+                                 "codec the run started with")
+            run.info(f"WARNING (--force): {message}; keeping the codec the run started with")
+    barrier()
+    codec, weights = load_component(codec_file, "codec", run.device)
+    for key in ("n_codebooks", "codebook_size"):
+        if weights.config[key] != getattr(t.model, key):
+            raise SystemExit(f"{codec_file} has {key}={weights.config[key]}, but talker.model.{key}="
+                             f"{getattr(t.model, key)}")
+    tokenizer = Tokenizer.load(t.data.tokenizer)
+    if tokenizer.vocab_size != t.model.text_vocab_size:
+        raise SystemExit(f"{t.data.tokenizer} has {tokenizer.vocab_size} pieces, talker.model.text_vocab_size is "
+                         f"{t.model.text_vocab_size}")
+
+    # ---- data: text ids + codes, encoded once by the frozen codec (rank 0 builds, the others wait)
+    def codes(manifest, name) -> TalkerCodes:
+        kwargs = dict(codec=codec, codec_file=codec_file, tokenizer=tokenizer, max_text_len=t.model.max_text_len,
+                      max_frames=t.model.max_frames, cache_dir=run.run_dir, name=name, device=run.device, log=run.info)
+        records = load_asr_records(manifest)
+        if run.is_main:
+            build_code_cache(records, **kwargs)
+        barrier()
+        return TalkerCodes(build_code_cache(records, **kwargs))
+
+    train_set = ResumableDataset(codes(t.data.train_manifest, "train"), batch_size=t.train.batch_size,
+                                 seed=t.train.seed, bucket_batches=t.data.bucket_batches)
+    val_codes = codes(t.data.val_manifest, "val")
+    unusable = sum(bool(b) for b in val_codes.bad)
+    run.info(f"data: {len(train_set)} training utterances, {len(val_codes)} validation utterances "
+             f"({unusable} unusable, not scored)")
+
+    # ---- model
+    model = Talker(t.model)
+    model = run.setup(model, adamw(model, lr=t.train.lr, weight_decay=t.train.weight_decay), train_set)
+    K, V = t.model.n_codebooks, t.model.codebook_size
+
+    def evaluate() -> dict:
+        sums = {"nll": 0.0, "targets": 0.0}
+        sums.update({f"{name}{k}": 0.0 for name in ("correct", "n") for k in range(K)})
+        for batch in run.eval_batches(val_codes, t.data.val_batch_size):
+            with run.autocast():
+                logits, loss = run.raw_model(batch["text_ids"], batch["text_lengths"], batch["codes"],
+                                             batch["code_lengths"])
+            targets = talker_targets(batch["codes"], batch["code_lengths"], V)
+            keep = targets != IGNORE_INDEX
+            hits = (logits.argmax(-1) == targets) & keep  # (B, F + 1, K)
+            sums["nll"] += loss.float().item() * keep.sum().item()
+            sums["targets"] += keep.sum().item()
+            for k in range(K):
+                sums[f"correct{k}"] += hits[..., k].sum().item()
+                sums[f"n{k}"] += keep[..., k].sum().item()
+        sums = run.reduce_sums(sums)
+        shown = [i for i in range(len(val_codes)) if not val_codes.bad[i]][: t.data.sample_sentences]
+        for i in shown:
+            ids, ref = val_codes.text_ids[i].long()[None].to(run.device), len(val_codes.codes[i])
+            cap = min(t.model.max_frames, 2 * ref + 8)  # reaching it means the Talker never predicted END
+            _, length = run.raw_model.generate(ids, max_frames=cap)
+            run.info(f"sample {tokenizer.decode(ids[0].tolist())!r}: {int(length[0])} frames spoken "
+                     f"(reference {ref}, cap {cap})")
+        return {"val_loss": sums["nll"] / sums["targets"],
+                "val_acc": sum(sums[f"correct{k}"] for k in range(K)) / sums["targets"],
+                **{f"val_acc_cb{k}": sums[f"correct{k}"] / sums[f"n{k}"] for k in range(K)}}
+
+    # ---- loop
+    for batch in run.batches(train_set):
+        with run.micro_step():
+            logits, loss = model(batch["text_ids"], batch["text_lengths"], batch["codes"], batch["code_lengths"])
+            run.backward(loss)
+        if run.optimizer_step():
+            correct, counted = code_accuracy(logits.detach(), talker_targets(batch["codes"], batch["code_lengths"], V))
+            run.log(loss=loss, acc=correct / counted)
+            run.maybe_evaluate(evaluate)
+            run.maybe_checkpoint()
+
+    # ---- save
+    metrics = run.finish(evaluate, final_weights={
+        TALKER_FILE: {"model": run.raw_model.state_dict(), "config": to_dict(t.model), "tokenizer": TOKENIZER_FILE,
+                      "codec": CODEC_FILE},
+    })
+    if run.is_main:
+        tokenizer.save(run.run_dir)
+    print(f"talker val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_acc']:.4f}", flush=True)
+
+
+if cfg.phase in ("codec", "all"):
+    train_codec(cfg.codec)
+if cfg.phase in ("talker", "all"):
+    train_talker(cfg.talker, Path(cfg.codec.train.save_dir))

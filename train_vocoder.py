@@ -1,0 +1,99 @@
+"""Train the HiFi-GAN vocoder (log-mel -> 16 kHz waveform) against MPD + MSD discriminators.
+
+    python train_vocoder.py --config configs/vocoder_tiny.json [--set train.max_steps=20000 ...]
+
+Two players, two optimizers: "gen" (the generator) and "disc" (MPD + MSD), each with its own warmup+cosine
+schedule (and GradScaler under fp16), all in every checkpoint. One step: the discriminators step on real vs
+generated audio (LSGAN), then the generator steps on adversarial + feature-matching + lambda_mel x mel-L1
+(Kong et al. 2020). The first `mel_warmup_steps` steps train the generator on the mel loss alone and leave the
+discriminators untouched (Parallel WaveGAN-style pre-training, Yamamoto et al. 2020): a GAN step costs several
+generator steps, and on a CPU budget the mel loss is what makes speech out of noise.
+
+Training sees random crops of data.segment_frames mel frames and the matching waveform samples. The crops are drawn
+in the training step from the checkpointed global RNG, so a killed-and-rerun run draws the same crops. Metric on
+the held-out clips (whole utterances): the mel-L1 between each clip's log-mel and the log-mel of the audio the
+generator makes from it; the Griffin-Lim fallback is scored on the same mels for comparison.
+
+Single process only: the GAN steps are methods of HifiGanTrainModel, outside a DDP forward, so DDP would not
+synchronise their gradients. Rerunning the same command resumes. Final weights: <save_dir>/hifigan.pt =
+{"model": generator state dict, "config": VocoderConfig} (generator only; the discriminators and both optimizers
+stay in the step checkpoints).
+"""
+
+from omni.config import load_config, to_dict
+from omni.data.resumable import ResumableDataset
+from omni.data.speech import load_asr_records
+from omni.data.tts import SpeechClips, random_segments
+from omni.speech import VOCODER_FILE
+from omni.stages import VocoderStage
+from omni.training import Run, adamw
+from omni.vocoder import HifiGanTrainModel, griffin_lim, mel_l1_loss
+
+cfg, args = load_config(VocoderStage, description=__doc__)
+run = Run(cfg, name="hifigan", metric="val_mel_l1", mode="min", force=args.force)
+if run.world_size > 1:
+    raise SystemExit("train_vocoder.py runs as a single process (see its docstring); launch it without torchrun")
+
+# ---- data
+val_records = load_asr_records(cfg.data.val_manifest)[: cfg.data.val_utterances]
+train_set = ResumableDataset(SpeechClips(load_asr_records(cfg.data.train_manifest), n_mels=cfg.model.n_mels,
+                                         with_wav=True), batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+val_source = SpeechClips(val_records, n_mels=cfg.model.n_mels)
+run.info(f"data: {len(train_set)} training clips (random {cfg.data.segment_frames}-frame crops), "
+         f"{len(val_source)} validation clips")
+
+# ---- model: one module holds generator + discriminators; one optimizer per player
+model = HifiGanTrainModel(cfg.model)
+optimizers = {
+    "gen": adamw(model.generator, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=cfg.adam_betas),
+    "disc": adamw([{"params": [*model.mpd.parameters(), *model.msd.parameters()]}], lr=cfg.train.lr,
+                  weight_decay=cfg.train.weight_decay, betas=cfg.adam_betas),
+}
+model = run.setup(model, optimizers, train_set)
+griffin_lim_l1: dict[str, float] = {}  # per validation clip; deterministic, so computed once per process
+
+
+def evaluate() -> dict:
+    sums = {"gen": 0.0, "gl": 0.0, "frames": 0.0}
+    for batch in run.eval_batches(val_source, 1):  # one clip at a time: whole utterances, no padding
+        mel, name = batch["mel"], batch["audio"][0]
+        with run.autocast():
+            wav = run.raw_model(mel)
+        if name not in griffin_lim_l1:
+            griffin_lim_l1[name] = mel_l1_loss(griffin_lim(mel, n_iter=cfg.data.griffin_lim_iters), mel).item()
+        sums["gen"] += mel_l1_loss(wav, mel).item() * mel.shape[1]
+        sums["gl"] += griffin_lim_l1[name] * mel.shape[1]
+        sums["frames"] += mel.shape[1]
+    sums = run.reduce_sums(sums)
+    return {"val_mel_l1": sums["gen"] / sums["frames"], "val_mel_l1_griffin_lim": sums["gl"] / sums["frames"]}
+
+
+# ---- loop: discriminators first (on a detached fake), then the generator against the updated discriminators
+for batch in run.batches(train_set):
+    mel, _, wav = random_segments(batch["mel"], batch["mel_lengths"], cfg.data.segment_frames, wav=batch["wav"])
+    adversarial = run.step >= cfg.mel_warmup_steps
+    with run.micro_step():
+        fake = model(mel)
+        if adversarial:
+            d_loss, d_parts = run.raw_model.discriminator_step(wav, fake)
+            run.backward(d_loss, optimizer="disc")
+    if adversarial:
+        run.optimizer_step("disc")
+    with run.micro_step():
+        if adversarial:
+            g_loss, g_parts = run.raw_model.generator_step(mel, wav, fake)
+        else:
+            g_parts = {"g_mel": mel_l1_loss(fake, mel)}
+            g_loss = cfg.model.lambda_mel * g_parts["g_mel"]
+        run.backward(g_loss, optimizer="gen")
+    # In the warm-up both optimizers step together: "disc" has no gradients, so only its schedule advances.
+    if run.optimizer_step("gen" if adversarial else None):
+        run.log(g_loss=g_loss, **g_parts, **({"d_loss": d_loss, **d_parts} if adversarial else {}))
+        run.maybe_evaluate(evaluate)
+        run.maybe_checkpoint()
+
+# ---- save: the generator only; the discriminators and optimizers stay in the step checkpoints
+metrics = run.finish(evaluate, final_weights={
+    VOCODER_FILE: {"model": run.raw_model.generator.state_dict(), "config": to_dict(cfg.model)},
+})
+print(f"val_mel_l1 {metrics['val_mel_l1']:.4f} griffin_lim {metrics['val_mel_l1_griffin_lim']:.4f}")
