@@ -7,8 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from omni.audio import encoder_frames
+from omni.audio_encoder import AudioEncoderConfig
+from omni.codec import CodecConfig
 from omni.config import TrainConfig
+from omni.contrastive import ContrastiveConfig
+from omni.ocr import OcrConfig, OcrModel
+from omni.omni_model import OmniConfig
+from omni.talker import TalkerConfig
 from omni.thinker import ThinkerConfig
+from omni.vocoder import VocoderConfig
 
 
 @dataclass
@@ -35,3 +43,279 @@ class TextStage:
     def __post_init__(self):
         if self.data.seq_len > self.model.max_seq_len:
             raise ValueError(f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})")
+
+
+@dataclass
+class VisionData:
+    train_manifest: str = "data/images/train.jsonl"  # JSONL {"image", "caption", "label"}, paths relative to it
+    val_manifest: str = "data/images/val.jsonl"  # held-out images for retrieval R@k / accuracy
+    tokenizer: str | None = "checkpoints/thinker_tiny/tokenizer.model"  # Stage-A tokenizer (contrastive captions)
+    thinker_ckpt: str = "checkpoints/thinker_tiny/thinker.pt"  # Stage-A weights, used when model.use_thinker_for_text
+    max_text_length: int = 32  # caption tokens kept (BOS included); train.compile pads every batch to it
+    val_batch_size: int = 64
+    sample_images: int = 4  # val images whose top caption / predicted class is logged at each evaluation
+
+
+@dataclass
+class VisionStage:
+    """Stage C: ViT vision encoder, CLIP-style contrastive or classification (train_vision.py).
+
+    The image size is model.vision.image_size (the data is resized to it), so it is given once.
+    """
+
+    model: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    data: VisionData = field(default_factory=VisionData)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(save_dir="checkpoints/vision_tiny"))
+    init_from: str | None = None  # weights of an earlier run (checkpoint file or run dir) for a fresh run
+
+    def __post_init__(self):
+        m, d = self.model, self.data
+        if d.max_text_length < 2:
+            raise ValueError(f"data.max_text_length must be >= 2 (BOS + one token), got {d.max_text_length}")
+        if m.objective == "contrastive" and not m.use_thinker_for_text and d.max_text_length > m.text.max_len:
+            raise ValueError(f"data.max_text_length ({d.max_text_length}) exceeds model.text.max_len "
+                             f"({m.text.max_len})")
+
+
+@dataclass
+class OcrData:
+    train_manifest: str = "data/ocr/train.jsonl"  # JSONL {"image", "text"}, paths relative to it
+    val_manifest: str = "data/ocr/val.jsonl"  # held-out lines for CER and exact-line accuracy
+    max_width: int | None = None  # wider lines are squeezed to it and every batch is padded to it (static shapes,
+    # needed by train.compile); None = pad each batch to its widest line
+    bucket_batches: int = 8  # sort windows of this many batches by line length to cut padding; 0 = plain shuffle
+    val_batch_size: int = 64
+    sample_lines: int = 4  # val lines logged as reference -> hypothesis at each evaluation
+
+
+@dataclass
+class OcrStage:
+    """Text-line OCR with CTC over characters (train_ocr.py). The character vocabulary comes from the training
+    texts; model.vocab_size 0 means "take it from there"."""
+
+    model: OcrConfig = field(default_factory=OcrConfig)
+    data: OcrData = field(default_factory=OcrData)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(save_dir="checkpoints/ocr_tiny"))
+    init_from: str | None = None  # weights of an earlier run (checkpoint file or run dir) for a fresh run
+
+    def __post_init__(self):
+        if self.train.compile and self.data.max_width is None:
+            raise ValueError("train.compile needs data.max_width: a static line width, so shapes do not recompile")
+        if self.data.max_width is not None and -(-self.data.max_width // OcrModel.width_stride) > self.model.max_frames:
+            raise ValueError(f"data.max_width ({self.data.max_width}) gives more frames than model.max_frames "
+                             f"({self.model.max_frames})")
+
+
+@dataclass
+class AsrModelConfig:
+    """Stage-B model: the AuT encoder plus its CTC head. The CTC vocabulary size is not configured: it is the number
+    of characters of the normalised training transcripts (+ blank)."""
+
+    encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    ctc_upsample: int = 2  # CTC frames per 12.5 Hz encoder frame: 2 = CTC at 25 Hz (why: omni/audio_encoder.py)
+
+    def __post_init__(self):
+        if self.ctc_upsample < 1:
+            raise ValueError(f"model.ctc_upsample must be >= 1, got {self.ctc_upsample}")
+
+
+@dataclass
+class SpecAugmentConfig:
+    """SpecAugment masking of the training log-mels (omni.audio.spec_augment), done in the training step."""
+
+    enabled: bool = True
+    freq_masks: int = 2  # frequency bands per utterance
+    freq_width: int = 16  # widest band in mel bins (0..freq_width, uniform)
+    time_masks: int = 2  # time spans per utterance
+    time_width_frac: float = 0.05  # widest span as a fraction of the utterance's length
+
+    def __post_init__(self):
+        if min(self.freq_masks, self.freq_width, self.time_masks) < 0 or not 0.0 <= self.time_width_frac <= 1.0:
+            raise ValueError(f"data.spec_augment: counts and widths must be >= 0 and time_width_frac in [0, 1], got "
+                             f"freq_masks={self.freq_masks}, freq_width={self.freq_width}, "
+                             f"time_masks={self.time_masks}, time_width_frac={self.time_width_frac}")
+
+
+@dataclass
+class AudioData:
+    # A JSONL manifest {"audio", "text"[, "duration"]} (paths relative to it), a LibriSpeech split folder or an
+    # LJSpeech folder (omni.data.speech.load_asr_records).
+    train_manifest: str = "data/speech/train.jsonl"
+    val_manifest: str = "data/speech/val.jsonl"  # held-out utterances for CER / WER
+    max_mel_length: int | None = None  # longer clips are skipped (and counted); every batch is padded to it (static
+    # shapes, needed by train.compile; scripts/check_mel_lengths.py recommends one); None = pad to the batch's longest
+    bucket_batches: int = 8  # sort windows of this many batches by clip length to cut padding; 0 = plain shuffle
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    val_batch_size: int = 32
+    sample_transcriptions: int = 4  # val utterances logged as reference -> greedy hypothesis at each evaluation
+
+
+@dataclass
+class AudioStage:
+    """Stage B: AuT audio encoder + CTC character head (train_audio_enc.py).
+
+    The number of mel bins is model.encoder.n_mels (the data frontend computes that many), so it is given once.
+    """
+
+    model: AsrModelConfig = field(default_factory=AsrModelConfig)
+    data: AudioData = field(default_factory=AudioData)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(save_dir="checkpoints/audio_enc_tiny"))
+    init_from: str | None = None  # weights of an earlier run (checkpoint file or run dir) for a fresh run
+
+    def __post_init__(self):
+        max_mel = self.data.max_mel_length
+        if self.train.compile and max_mel is None:
+            raise ValueError("train.compile needs data.max_mel_length: a static padding length, so shapes do not "
+                             "recompile (scripts/check_mel_lengths.py recommends one)")
+        if max_mel is not None and max_mel < 1:
+            raise ValueError(f"data.max_mel_length must be >= 1 or null, got {max_mel}")
+        if max_mel is not None and encoder_frames(max_mel) > self.model.encoder.max_frames:
+            raise ValueError(f"data.max_mel_length ({max_mel}) gives {encoder_frames(max_mel)} encoder frames, more "
+                             f"than model.encoder.max_frames ({self.model.encoder.max_frames})")
+
+
+@dataclass
+class SftData:
+    train_manifest: str = "data/sft/train.jsonl"  # JSONL {"messages", "image"?, "audio"?, "task"?} (omni/data/sft.py)
+    val_manifest: str = "data/sft/val.jsonl"  # held-out conversations (disjoint media) for loss and exact match
+    tokenizer: str | None = None  # None = the tokenizer named in thinker_ckpt, beside it
+    max_length: int = 512  # tokens with media expanded (<= the Thinker's max_seq_len); longer ones are bad samples
+    max_mel_frames: int | None = 3000  # longer audio (100 Hz mel frames) is a bad sample; None = no limit
+    bucket_batches: int = 8  # sort windows of this many batches by length to cut padding; 0 = plain shuffle
+    val_batch_size: int = 32
+    sample_conversations: int = 4  # val conversations answered by greedy generation and logged at each evaluation
+
+
+@dataclass
+class SftGroupLr:
+    """Peak learning rate per parameter group (None = train.lr); each follows train's warmup + cosine, keeping its
+    ratio to train.lr. Frozen groups are simply empty."""
+
+    projectors: float | None = None  # audio_projector + vision_projector
+    embeddings: float | None = None  # token embedding (+ untied lm_head); new-token rows only if the Thinker is frozen
+    thinker: float | None = None  # every other Thinker parameter
+    audio_encoder: float | None = None
+    vision_encoder: float | None = None
+
+
+@dataclass
+class SftStage:
+    """Stage E: multimodal SFT of Thinker + encoders + projectors (sft_omni.py).
+
+    The Thinker, AuT and ViT shapes come from their stage weights; model holds only what Stage E adds. Freeze flags
+    and stage-weight paths live outside model/data so a resume may change them (the log lists what changed).
+    """
+
+    model: OmniConfig = field(default_factory=OmniConfig)
+    data: SftData = field(default_factory=SftData)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(save_dir="checkpoints/omni_sft_tiny"))
+    init_from: str | None = None  # an earlier Stage-E run (its omni_final.pt or run dir) for a fresh run, e.g. E1 -> E2
+    thinker_ckpt: str = "checkpoints/thinker_tiny/thinker.pt"  # Stage A final weights (required)
+    audio_ckpt: str | None = "checkpoints/audio_enc_tiny/audio_enc.pt"  # Stage B; None = a model without audio
+    vision_ckpt: str | None = "checkpoints/vision_tiny/vision.pt"  # Stage C; None = a model without images
+    freeze_thinker: bool = True
+    freeze_audio_encoder: bool = True
+    freeze_vision_encoder: bool = True
+    freeze_projectors: bool = False
+    train_new_tokens: bool = True  # with freeze_thinker: train the rows of <|im_start|> <|im_end|> <image> <audio>
+    group_lr: SftGroupLr = field(default_factory=SftGroupLr)
+
+
+@dataclass
+class CodecData:
+    train_manifest: str = "data/speech/train.jsonl"  # speech clips (transcripts unused): JSONL, LibriSpeech, LJSpeech
+    val_manifest: str = "data/speech/val.jsonl"  # held-out clips for reconstruction error and codebook perplexity
+    crop_frames: int = 400  # training clips longer than this (mel frames, 100 Hz) get a random crop of this length
+    bucket_batches: int = 8  # sort windows of this many batches by clip length to cut padding; 0 = plain shuffle
+    val_batch_size: int = 32
+
+
+@dataclass
+class CodecPhase:
+    """Stage D, phase 1: the RVQ codec (a run of its own: checkpoints `codec_step_N.pt`, final `rvq_codec.pt`)."""
+
+    model: CodecConfig = field(default_factory=CodecConfig)
+    data: CodecData = field(default_factory=CodecData)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(save_dir="checkpoints/talker_tiny/codec"))
+
+
+@dataclass
+class TalkerData:
+    train_manifest: str = "data/speech/train.jsonl"  # speech with transcripts, encoded once by the frozen codec
+    val_manifest: str = "data/speech/val.jsonl"  # held-out utterances for code CE / accuracy
+    tokenizer: str = "checkpoints/thinker_tiny/tokenizer.model"  # the Stage-A tokenizer (shared with the Thinker)
+    bucket_batches: int = 8  # sort windows of this many batches by sequence length to cut padding; 0 = shuffle
+    val_batch_size: int = 32
+    sample_sentences: int = 2  # val sentences spoken (greedy) at each evaluation; frame counts go to the log
+
+
+@dataclass
+class TalkerPhase:
+    """Stage D, phase 2: the Talker on the frozen codec's codes (checkpoints `talker_step_N.pt`, final `talker.pt`
+    and the `rvq_codec.pt` it speaks, side by side)."""
+
+    model: TalkerConfig = field(default_factory=lambda: TalkerConfig(text_vocab_size=8000))
+    data: TalkerData = field(default_factory=TalkerData)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(save_dir="checkpoints/talker_tiny"))
+
+
+TALKER_PHASES = ("codec", "talker", "all")
+
+
+@dataclass
+class TalkerStage:
+    """Stage D (train_talker.py): the codec phase, then the Talker phase; each has its own model/data/train and is
+    its own resumable run. `phase` picks what this invocation trains: "all" runs both in sequence."""
+
+    phase: str = "all"  # codec | talker | all
+    codec: CodecPhase = field(default_factory=CodecPhase)
+    talker: TalkerPhase = field(default_factory=TalkerPhase)
+
+    def __post_init__(self):
+        if self.phase not in TALKER_PHASES:
+            raise ValueError(f"phase must be one of {TALKER_PHASES}, got {self.phase!r}")
+        c, t = self.codec.model, self.talker.model
+        for key in ("n_codebooks", "codebook_size"):
+            if getattr(c, key) != getattr(t, key):
+                raise ValueError(f"talker.model.{key}={getattr(t, key)} must equal codec.model.{key}="
+                                 f"{getattr(c, key)}: the Talker speaks the codec's codes")
+        if self.codec.train.save_dir == self.talker.train.save_dir:
+            raise ValueError(f"codec.train.save_dir and talker.train.save_dir are both {self.codec.train.save_dir!r}; "
+                             "each phase is a run of its own and needs its own folder")
+        if self.codec.data.crop_frames < c.downsample:
+            raise ValueError(f"codec.data.crop_frames={self.codec.data.crop_frames} is shorter than one code frame "
+                             f"({c.downsample} mel frames)")
+
+
+@dataclass
+class VocoderData:
+    train_manifest: str = "data/speech/train.jsonl"  # speech clips (transcripts unused): JSONL, LibriSpeech, LJSpeech
+    val_manifest: str = "data/speech/val.jsonl"  # held-out clips: mel-L1 of HiFi-GAN vs Griffin-Lim on their mels
+    segment_frames: int = 32  # random training crop in mel frames (32 = 0.32 s = 5120 samples)
+    val_utterances: int | None = 64  # the first N validation clips are scored (Griffin-Lim is slow); None = all
+    griffin_lim_iters: int = 32  # iterations of the Griffin-Lim baseline
+
+
+@dataclass
+class VocoderStage:
+    """HiFi-GAN vocoder (train_vocoder.py): generator + MPD/MSD, two optimizers ("gen", "disc")."""
+
+    model: VocoderConfig = field(default_factory=VocoderConfig)
+    data: VocoderData = field(default_factory=VocoderData)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        save_dir="checkpoints/vocoder_tiny", batch_size=16, lr=2e-4, min_lr=2e-5, warmup_steps=0, weight_decay=0.01))
+    init_from: str | None = None  # weights of an earlier run (checkpoint file or run dir) for a fresh run
+    adam_betas: tuple[float, float] = (0.8, 0.99)  # AdamW betas of both players (HiFi-GAN paper)
+    mel_warmup_steps: int = 0  # first N steps train the generator on the mel loss alone, without discriminators
+
+    def __post_init__(self):
+        self.adam_betas = tuple(self.adam_betas)
+        if self.data.segment_frames < 1 or self.mel_warmup_steps < 0:
+            raise ValueError(f"need data.segment_frames >= 1 and mel_warmup_steps >= 0, got segment_frames="
+                             f"{self.data.segment_frames}, mel_warmup_steps={self.mel_warmup_steps}")
+        if self.data.val_utterances is not None and self.data.val_utterances < 1:
+            raise ValueError(f"data.val_utterances must be >= 1 or null, got {self.data.val_utterances}")
+        if self.mel_warmup_steps and self.train.precision == "fp16":
+            # Warm-up steps step "disc" without gradients, which a GradScaler refuses (nothing was scaled).
+            raise ValueError(f"mel_warmup_steps={self.mel_warmup_steps} does not work with train.precision=fp16 yet; "
+                             "use bf16/fp32 or mel_warmup_steps=0")

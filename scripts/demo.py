@@ -17,7 +17,46 @@ REPO = Path(__file__).resolve().parent.parent
 # (stage, script, demo config, the summary metrics to show: key -> label)
 STAGES = [
     ("A text", "train_text.py", "configs/demo/thinker.json", {"val_ppl": "val perplexity"}),
+    ("B audio", "train_audio_enc.py", "configs/demo/audio_enc.json", {"val_cer": "val CER", "val_wer": "val WER"}),
+    ("C vision", "train_vision.py", "configs/demo/vision.json", {"i2t_r1": "i2t R@1", "t2i_r1": "t2i R@1"}),
+    ("OCR", "train_ocr.py", "configs/demo/ocr.json",
+     {"val_cer": "OCR CER", "val_exact_line_acc": "exact-line accuracy"}),
 ]
+
+
+SPEECH_OUT_WORDS = {"d", "speech", "talker", "codec", "vocoder", "tts"}  # --only words that select the block below
+TTS_SENTENCES = 50  # held-out sentences spoken for the TTS -> ASR CER
+
+
+def speech_out_rows() -> list[tuple]:
+    """Stage D (codec, then Talker), the vocoder, then the loop closed: held-out sentences synthesized (Talker ->
+    codec -> HiFi-GAN, or Griffin-Lim when no vocoder was trained) and transcribed by the Stage-B ASR model."""
+    talker_cfg = json.loads((REPO / "configs/demo/talker.json").read_text())
+    codec_dir, talker_dir = (REPO / talker_cfg[p]["train"]["save_dir"] for p in ("codec", "talker"))
+    wall = run([sys.executable, "train_talker.py", "--config", "configs/demo/talker.json"])
+    codec = json.loads((codec_dir / "summary.json").read_text())["metrics"]
+    talker = json.loads((talker_dir / "summary.json").read_text())["metrics"]
+    size = talker_cfg["codec"]["model"]["codebook_size"]
+    rows = [("D codec", "held-out mel recon L1 (normalised)", codec["val_recon_l1"], wall),
+            ("D codec", "held-out recon MSE (normalised)", codec["val_recon_mse"], wall)]
+    rows += [("D codec", f"codebook {k} perplexity (of {size})", codec[f"val_ppl_cb{k}"], wall)
+             for k in range(talker_cfg["codec"]["model"]["n_codebooks"])]
+    rows += [("D talker", "held-out code CE", talker["val_loss"], wall),
+             ("D talker", "held-out code accuracy", talker["val_acc"], wall)]
+    wall = run([sys.executable, "train_vocoder.py", "--config", "configs/demo/vocoder.json"])
+    vocoder_dir = save_dir("configs/demo/vocoder.json")
+    vocoder = json.loads((vocoder_dir / "summary.json").read_text())["metrics"]
+    rows += [("vocoder", "held-out mel-L1 HiFi-GAN", vocoder["val_mel_l1"], wall),
+             ("vocoder", "held-out mel-L1 Griffin-Lim", vocoder["val_mel_l1_griffin_lim"], wall)]
+    asr_dir = save_dir("configs/demo/audio_enc.json")
+    if not (asr_dir / "audio_enc.pt").is_file():
+        return rows + [("D TTS>ASR", "CER: no Stage-B model, skipped", "-", 0.0)]
+    out = talker_dir / "tts_asr.json"
+    wall = run([sys.executable, "-m", "omni.speech", "--talker", str(talker_dir), "--vocoder", str(vocoder_dir),
+                "--asr", str(asr_dir), "--manifest", talker_cfg["talker"]["data"]["val_manifest"],
+                "--n", str(TTS_SENTENCES), "--threads", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    return rows + [("D TTS>ASR", f"CER, {result['sentences']} held-out ({result['vocoder']})", result["cer"], wall)]
 
 
 def run(cmd: list[str]) -> float:
@@ -45,6 +84,8 @@ def main(argv=None) -> None:
         for key, label in metrics.items():
             rows.append((stage, label, summary["metrics"][key], wall))
         rows.append((stage, "training seconds (all resumes)", summary["train_seconds"], wall))
+    if not args.only or {w.strip().lower() for w in args.only.split(",")} & SPEECH_OUT_WORDS:
+        rows += speech_out_rows()
     print("\n" + table(rows))
     print(f"total {time.perf_counter() - total:.0f}s")
 

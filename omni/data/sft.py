@@ -1,0 +1,164 @@
+"""SFT conversations (Stage E): manifest reading and `SftSource` (token ids, loss targets and media tensors).
+
+A manifest line is `{"messages": [{"role": "user", "content": "<image> What colour is the shape?"},
+{"role": "assistant", "content": "red"}], "image": "x.png", "task": "image_qa"}`, with "image" and/or "audio"
+(paths relative to the manifest) when the conversation has them, exactly one `<image>` / `<audio>` placeholder in
+the user turns per medium, and an optional "task" that names the group a metric is reported for (default:
+image_qa / audio_qa / text from the media present).
+
+An item is the chat template of `Tokenizer.encode_chat` (the assistant mask covers each answer and its closing
+`<|im_end|>`), its placeholders expanded to the number of Thinker tokens the model gives the medium
+(`omni.omni_model.expand_placeholders`: `image_tokens` per image, one per 12.5 Hz encoder frame of the audio), and
+the targets that put the loss on assistant tokens only. Images go through `omni.data.images.image_to_tensor` and
+audio through `omni.audio.load_audio` + `LogMel`, the same preprocessing as Stages B and C. Problems with a record
+(bad structure, missing or unreadable media, placeholder counts, too long) raise `BadSample` naming manifest:line,
+so the run skips and counts it; an unreadable manifest line (invalid JSON) is an error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import soundfile as sf
+import torch
+
+from omni.audio import SAMPLE_RATE, AudioError, LogMel, load_audio, mel_frames
+from omni.data.images import image_to_tensor, load_image
+from omni.data.manifest import resolve
+from omni.data.resumable import BadSample
+from omni.omni_model import AUDIO_TOKEN_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, OmniModel, expand_placeholders, sft_targets
+
+
+def default_task(record: dict) -> str:
+    return "image_qa" if record.get("image") else "audio_qa" if record.get("audio") else "text"
+
+
+def read_sft_manifest(path: str | Path) -> list[dict]:
+    """Records of an SFT manifest: the JSON object plus "where" (manifest:line), media paths resolved against the
+    manifest and "task" filled in. Structure is checked per item by `SftSource` (a bad record is skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SFT manifest not found: {path}")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+            for key in ("image", "audio"):
+                if isinstance(record.get(key), str):
+                    record[key] = str(resolve(path, record[key]))
+            records.append({**record, "task": record.get("task") or default_task(record),
+                            "where": f"{path}:{line_no}"})
+    if not records:
+        raise ValueError(f"SFT manifest {path} has no records")
+    return records
+
+
+class SftSource:
+    """Indexable SFT source: item -> {"ids" (T,), "targets" (T,), "image" (3, S, S) | None, "mel" (T_mel, F) |
+    None, "task", "answer"}; see the module docstring."""
+
+    def __init__(self, records: list[dict], *, tokenizer, max_length: int, image_size: int | None = None,
+                 image_tokens: int = 0, n_mels: int | None = None, max_mel_frames: int | None = None):
+        """image_size / n_mels: the vision / audio encoder's input (None: the model has no such encoder, and
+        records with that medium are bad samples). image_tokens: `OmniModel.image_token_count`."""
+        self.records, self.tokenizer, self.max_length = records, tokenizer, max_length
+        self.image_size, self.image_tokens, self.max_mel_frames = image_size, image_tokens, max_mel_frames
+        self.logmel = LogMel(n_mels) if n_mels is not None else None
+        self.tasks = sorted({r["task"] for r in records})
+        self._lengths: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Approximate tokens per item, media expanded, for length bucketing: audio length from the file header
+        (no samples read); 0 for records that will fail as BadSample."""
+        if self._lengths is None:
+            self._lengths = [self._estimate_tokens(r) for r in self.records]
+        return self._lengths
+
+    def _estimate_tokens(self, record: dict) -> int:
+        try:
+            n = len(self.tokenizer.encode_chat(record["messages"])[0])
+            if record.get("audio") is not None:
+                n += OmniModel.audio_token_count(mel_frames(round(sf.info(record["audio"]).duration * SAMPLE_RATE)))
+        except (KeyError, TypeError, ValueError, RuntimeError, OSError):
+            return 0
+        return n + (self.image_tokens if record.get("image") is not None else 0)
+
+    def __getitem__(self, i: int) -> dict:
+        record = self.records[i]
+        where = record["where"]
+        messages = record.get("messages")
+        if not isinstance(messages, list) or not any(
+                isinstance(m, dict) and m.get("role") == "assistant" and str(m.get("content", "")).strip()
+                for m in messages):
+            raise BadSample(f"{where}: 'messages' must be a list with a non-empty assistant turn")
+        try:
+            ids, mask = self.tokenizer.encode_chat(messages)
+        except ValueError as e:
+            raise BadSample(f"{where}: {e}") from None
+        for key, token_id, present in (("image", IMAGE_TOKEN_ID, self.image_size), ("audio", AUDIO_TOKEN_ID,
+                                                                                    self.logmel)):
+            n, has = ids.count(token_id), record.get(key) is not None
+            if n != int(has) or any(m for t, m in zip(ids, mask) if t == token_id):
+                raise BadSample(f"{where}: needs exactly one <{key}> in a user turn when {key!r} is given and none "
+                                f"otherwise; found {n} with {key!r} {'given' if has else 'absent'}")
+            if has and present is None:
+                raise BadSample(f"{where}: has {key!r} but the model has no {key} encoder")
+        image = mel = None
+        if record.get("image") is not None:
+            try:
+                image = image_to_tensor(load_image(record["image"]), self.image_size)
+            except (FileNotFoundError, ValueError) as e:
+                raise BadSample(f"{where}: {e}") from None
+        audio_tokens = []
+        if record.get("audio") is not None:
+            try:
+                wav = load_audio(record["audio"])
+            except AudioError as e:
+                raise BadSample(f"{where}: {e}") from None
+            with torch.no_grad():
+                mel = self.logmel(wav)
+            if self.max_mel_frames is not None and mel.shape[0] > self.max_mel_frames:
+                raise BadSample(f"{where}: {record['audio']} gives {mel.shape[0]} mel frames > max_mel_frames="
+                                f"{self.max_mel_frames}")
+            audio_tokens = [OmniModel.audio_token_count(mel.shape[0])]
+        ids, mask = expand_placeholders(ids, mask, image_tokens=self.image_tokens, audio_tokens=audio_tokens)
+        if len(ids) > self.max_length:
+            raise BadSample(f"{where}: {len(ids)} tokens with media expanded > max_length={self.max_length}")
+        ids_t = torch.tensor(ids, dtype=torch.long)
+        answer = [m["content"] for m in messages if isinstance(m, dict) and m.get("role") == "assistant"][-1]
+        return {"ids": ids_t, "targets": sft_targets(ids_t, torch.tensor(mask)), "image": image, "mel": mel,
+                "task": record["task"], "answer": answer}
+
+    def collate(self, samples: list[dict]) -> dict:
+        """input_ids (B, T) right-padded with <pad>, targets (B, T) padded with IGNORE_INDEX; images (N, 3, S, S)
+        and mel (N, T_mel, F) zero-padded + mel_lengths (N,) for the samples that have them, in batch order (the
+        order of their placeholders), or None; tasks and answers as lists."""
+        T = max(len(s["ids"]) for s in samples)
+        input_ids = torch.full((len(samples), T), self.tokenizer.pad_id, dtype=torch.long)
+        targets = torch.full((len(samples), T), IGNORE_INDEX, dtype=torch.long)
+        for i, s in enumerate(samples):
+            input_ids[i, :len(s["ids"])] = s["ids"]
+            targets[i, :len(s["targets"])] = s["targets"]
+        images = [s["image"] for s in samples if s["image"] is not None]
+        mels = [s["mel"] for s in samples if s["mel"] is not None]
+        mel = mel_lengths = None
+        if mels:
+            mel_lengths = torch.tensor([m.shape[0] for m in mels], dtype=torch.long)
+            mel = torch.zeros(len(mels), int(mel_lengths.max()), mels[0].shape[1])
+            for i, m in enumerate(mels):
+                mel[i, :m.shape[0]] = m
+        return {"input_ids": input_ids, "targets": targets, "images": torch.stack(images) if images else None,
+                "mel": mel, "mel_lengths": mel_lengths, "tasks": [s["task"] for s in samples],
+                "answers": [s["answer"] for s in samples]}

@@ -1,0 +1,193 @@
+"""Stage E: multimodal SFT of the omni model (Thinker + AuT + ViT + MLP projectors) on chat conversations.
+
+    python sft_omni.py --config configs/omni_sft_tiny.json [--set freeze_thinker=false train.max_steps=2000 ...]
+
+The Thinker, audio encoder and ViT start from their stage weights (thinker_ckpt, audio_ckpt, vision_ckpt; a named
+file that is missing is an error, never a random start), then from init_from (an earlier Stage-E run, e.g. E1 for
+E2). freeze_* flags choose what trains; with the Thinker frozen, train_new_tokens trains only the embedding rows of
+the chat/media special tokens (a gradient row mask; the other rows stay bitwise unchanged). Each parameter group
+(projectors, embeddings, thinker, audio_encoder, vision_encoder) has its own peak LR (group_lr) on train's
+warmup + cosine schedule. Checkpoints hold only trainable parameters and their optimizer state; rerunning resumes,
+also with changed freeze flags (the log lists what changed). The loss covers assistant tokens only, each answer
+ending in <|im_end|>, the token generation stops at.
+
+Metrics on the held-out conversations: val_loss (per assistant token) and greedy exact match per task
+(em_image_qa, em_audio_qa, em_ocr_qa, em_text) and over all conversations (mixed_acc). Final weights:
+<save_dir>/omni_final.pt = {"model": every parameter that differs from the stage weights (trained here or by the
+init_from chain) plus the projectors, named "<component>.<parameter>", "config": per component model configs,
+"tokenizer": the tokenizer file copied beside it, "stage_weights": the stage files the rest comes from}.
+"""
+
+from pathlib import Path
+
+import torch
+
+from omni.audio_encoder import AudioEncoderConfig
+from omni.config import from_dict, load_config, to_dict
+from omni.data.resumable import BadSample, ResumableDataset
+from omni.data.sft import SftSource, read_sft_manifest
+from omni.omni_model import IGNORE_INDEX, OmniModel, greedy_exact_match
+from omni.stages import SftStage
+from omni.thinker import ThinkerConfig
+from omni.tokenizer import AUDIO, IM_END, IM_START, IMAGE, TOKENIZER_FILE, Tokenizer
+from omni.training import Run, adamw
+from omni.training import checkpoint as ckpt
+from omni.vision_encoder import VisionConfig
+
+cfg, args = load_config(SftStage, description=__doc__)
+
+
+# ---- stage weights: each named file must exist
+def read_stage(path: str | None, key: str, script: str) -> dict | None:
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise SystemExit(f"{key}={path}: no such checkpoint; train it with {script} or point {key} at its final "
+                         f"weights ({key}=null leaves that encoder out)")
+    return ckpt.load(path)
+
+
+thinker_file = read_stage(cfg.thinker_ckpt, "thinker_ckpt", "train_text.py")
+audio_file = read_stage(cfg.audio_ckpt, "audio_ckpt", "train_audio_enc.py")
+vision_file = read_stage(cfg.vision_ckpt, "vision_ckpt", "train_vision.py")
+thinker_cfg = from_dict(ThinkerConfig, thinker_file["config"], cfg.thinker_ckpt)
+audio_cfg = from_dict(AudioEncoderConfig, audio_file["config"], cfg.audio_ckpt) if audio_file else None
+# Stage C writes the ContrastiveModel config, whose "vision" part is the ViT's; a bare VisionConfig works too.
+vision_cfg = (from_dict(VisionConfig, vision_file["config"].get("vision", vision_file["config"]), cfg.vision_ckpt)
+              if vision_file else None)
+tokenizer = Tokenizer.load(cfg.data.tokenizer or Path(cfg.thinker_ckpt).parent / thinker_file.get("tokenizer",
+                                                                                                 TOKENIZER_FILE))
+if tokenizer.vocab_size != thinker_cfg.vocab_size:
+    raise SystemExit(f"{tokenizer.model_path} has {tokenizer.vocab_size} pieces, the Thinker {thinker_cfg.vocab_size}")
+if cfg.data.max_length > thinker_cfg.max_seq_len:
+    raise SystemExit(f"data.max_length ({cfg.data.max_length}) exceeds the Thinker's max_seq_len "
+                     f"({thinker_cfg.max_seq_len})")
+
+# ---- model: stage weights, then the freeze flags
+model = OmniModel(cfg.model, thinker=thinker_cfg, audio=audio_cfg, vision=vision_cfg)
+try:
+    model.load_stage_weights(thinker=thinker_file["model"], audio=audio_file and audio_file["model"],
+                             vision=vision_file and vision_file["model"])
+except RuntimeError as e:
+    raise SystemExit(f"stage weights do not fit their configs ({cfg.thinker_ckpt}, {cfg.audio_ckpt}, "
+                     f"{cfg.vision_ckpt}): {e}") from None
+# What the stages gave, to tell which parameters Stage E changed when writing omni_final.pt.
+stage_state = {n: p.detach().clone() for n, p in model.named_parameters()}
+del thinker_file, audio_file, vision_file
+new_rows = [tokenizer.token_id(t) for t in (IM_START, IM_END, IMAGE, AUDIO)]
+model.set_trainable(thinker=not cfg.freeze_thinker, audio_encoder=not cfg.freeze_audio_encoder,
+                    vision_encoder=not cfg.freeze_vision_encoder, projectors=not cfg.freeze_projectors,
+                    embedding_rows=new_rows if cfg.train_new_tokens else ())
+
+# ---- data
+records = {split: read_sft_manifest(path) for split, path in (("train", cfg.data.train_manifest),
+                                                              ("val", cfg.data.val_manifest))}
+for key, encoder in (("audio", audio_cfg), ("image", vision_cfg)):
+    uses = [r["where"] for rs in records.values() for r in rs if r.get(key) is not None]
+    if uses and encoder is None:
+        raise SystemExit(f"{len(uses)} conversations have {key} (first: {uses[0]}) but {key}'s stage checkpoint "
+                         "is null: give it, or use manifests without that medium")
+
+
+def source(split: str) -> SftSource:
+    return SftSource(records[split], tokenizer=tokenizer, max_length=cfg.data.max_length,
+                     image_size=vision_cfg and vision_cfg.image_size,
+                     image_tokens=model.image_token_count if vision_cfg else 0,
+                     n_mels=audio_cfg and audio_cfg.n_mels, max_mel_frames=cfg.data.max_mel_frames)
+
+
+train_set = ResumableDataset(source("train"), batch_size=cfg.train.batch_size, seed=cfg.train.seed,
+                             bucket_batches=cfg.data.bucket_batches)
+val_source = source("val")
+
+# ---- optimizer: one group per component, each with its own peak LR
+run = Run(cfg, name="omni_sft", metric="mixed_acc", mode="max", force=args.force, trainable_only=True)
+groups = model.parameter_groups()
+lrs = {name: cfg.train.lr if getattr(cfg.group_lr, name) is None else getattr(cfg.group_lr, name) for name in groups}
+try:
+    optimizer = adamw([{"params": ps, "lr": lrs[name], "name": name} for name, ps in groups.items()],
+                      lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+except ValueError as e:
+    raise SystemExit(f"{e}: unfreeze something (freeze_projectors=false, train_new_tokens=true, ...)") from None
+for group in optimizer.param_groups:
+    if group["name"] == "embeddings":
+        # Decoupled weight decay would shrink the frozen rows of a row-masked embedding; embeddings are not decayed.
+        group["weight_decay"] = 0.0
+for name, ps in groups.items():
+    n = sum(p.numel() for p in ps if p.requires_grad)
+    rows = f" (rows {new_rows} only)" if name == "embeddings" and n and cfg.freeze_thinker else ""
+    run.info(f"group {name}: {n:,} trainable parameters{rows}" + (f", peak lr {lrs[name]:g}" if n else " (frozen)"))
+run.info(f"media: {model.image_token_count if vision_cfg else 0} tokens per image ({cfg.model.image_tokens}), "
+         f"audio at 12.5 tokens/s; val tasks {val_source.tasks}")
+model = run.setup(model, optimizer, train_set, find_unused_parameters=True)
+
+
+def media(batch: dict) -> dict:
+    return {"images": batch["images"], "mel": batch["mel"], "mel_lengths": batch["mel_lengths"]}
+
+
+def log_samples() -> None:
+    """Greedy answers to the first val conversations, generated token by token until <|im_end|>."""
+    for i in range(min(cfg.data.sample_conversations, len(val_source))):
+        try:
+            sample = val_source[i]
+        except BadSample:
+            continue
+        first = int((sample["targets"] != IGNORE_INDEX).nonzero()[0])  # last prompt token: "assistant\n"
+        prompt = {**val_source.collate([sample]), "input_ids": sample["ids"][None, :first + 1]}
+        prompt = {k: v.to(run.device) if torch.is_tensor(v) else v for k, v in prompt.items()}
+        budget = min(32, thinker_cfg.max_seq_len - first - 1)
+        out = run.raw_model.generate(prompt["input_ids"], **media(prompt), max_new_tokens=budget,
+                                     eos_id=tokenizer.im_end_id)
+        question = records["val"][i]["messages"][0]["content"]
+        run.info(f"sample [{sample['task']}] {question!r} -> {tokenizer.decode(out[0].tolist())!r} "
+                 f"(reference {sample['answer']!r})")
+
+
+def evaluate() -> dict:
+    sums = {"nll": 0.0, "tokens": 0.0, **{f"{k}_{t}": 0.0 for t in val_source.tasks for k in ("n", "ok")}}
+    for batch in run.eval_batches(val_source, cfg.data.val_batch_size):
+        with run.autocast():
+            logits, loss = run.raw_model(batch["input_ids"], targets=batch["targets"], **media(batch))
+        n = int((batch["targets"] != IGNORE_INDEX).sum())
+        sums["nll"], sums["tokens"] = sums["nll"] + loss.float().item() * n, sums["tokens"] + n
+        for task, ok in zip(batch["tasks"], greedy_exact_match(logits, batch["targets"]).tolist()):
+            sums[f"n_{task}"] += 1
+            sums[f"ok_{task}"] += ok
+    sums = run.reduce_sums(sums)
+    if run.is_main:
+        log_samples()
+    metrics = {"val_loss": sums["nll"] / max(1.0, sums["tokens"])}
+    metrics.update({f"em_{t}": sums[f"ok_{t}"] / max(1.0, sums[f"n_{t}"]) for t in val_source.tasks})
+    n_all = sum(sums[f"n_{t}"] for t in val_source.tasks)
+    metrics["mixed_acc"] = sum(sums[f"ok_{t}"] for t in val_source.tasks) / max(1.0, n_all)
+    return metrics
+
+
+# ---- loop
+for batch in run.batches(train_set):
+    with run.micro_step():
+        _, loss = model(batch["input_ids"], targets=batch["targets"], **media(batch))
+        run.backward(loss)
+    if run.optimizer_step():
+        run.log(loss=loss)
+        run.maybe_evaluate(evaluate)
+        run.maybe_checkpoint()
+
+# ---- save: what Stage E changed, keyed by component, plus what it takes to rebuild the model
+raw = run.raw_model
+changed = {n: p.detach() for n, p in raw.named_parameters()
+           if p.requires_grad or "_projector." in n or not torch.equal(p.detach().cpu(), stage_state[n])}
+configs = {"omni": to_dict(cfg.model), "thinker": to_dict(thinker_cfg)}
+for name in ("audio_encoder", "vision_encoder", "audio_projector", "vision_projector"):
+    module = getattr(raw, name)
+    if module is not None:
+        configs[name] = to_dict(module.encoder.cfg if name == "audio_encoder" else module.cfg)
+metrics = run.finish(evaluate, final_weights={
+    "omni_final.pt": {"model": changed, "config": configs, "tokenizer": TOKENIZER_FILE,
+                      "stage_weights": {"thinker": cfg.thinker_ckpt, "audio_encoder": cfg.audio_ckpt,
+                                        "vision_encoder": cfg.vision_ckpt}},
+})
+if run.is_main:
+    tokenizer.save(run.run_dir)
+print(" ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
