@@ -313,6 +313,8 @@ def write_export(
     }
     if merge_report is not None:
         config["stage_e"] = {"source": sft[2].name, **merge_report}
+        if isinstance(sft[1], dict) and "omni" in sft[1]:  # how media become tokens (e.g. pooled image tokens)
+            config["omni"] = sft[1]["omni"]
     if tokenizer is not None:
         config["tokenizer"] = tokenizer_info(tokenizer)
     if present & set(AUDIO_COMPONENTS) and (constants := audio_constants()) is not None:

@@ -42,7 +42,8 @@ def tiny(tmp_path_factory, text_corpus):
     audio = AudioEncoderConfig(n_mels=N_MELS, d_model=16, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=32,
                                conv_channels=4)
     vision = VisionConfig(image_size=16, patch_size=4, d_model=16, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=32)
-    model = OmniModel(OmniConfig(projector_hidden=24), thinker=thinker, audio=audio, vision=vision)
+    model = OmniModel(OmniConfig(projector_hidden=24, image_tokens="pooled"),  # the export must keep the mode
+                      thinker=thinker, audio=audio, vision=vision)
     atomic_save({"model": model.thinker.state_dict(), "config": to_dict(thinker), "tokenizer": "tokenizer.model"},
                 root / "thinker" / "thinker.pt")
     asr = AsrModel(model.audio_encoder.encoder, vocab_size=len(CHARS) + 1, ctc_upsample=2)
@@ -134,7 +135,7 @@ def test_image_question_spoken_into_a_16khz_wav_with_its_cer(tiny, tmp_path):
     out = tmp_path / "reply" / "out.wav"
     result = chat(*ckpts, "--image", root / "circle.png", "--text", "What colour is the circle?", "--speak", out)
     lines = ok(result)
-    assert "image tokens 16" in result.stderr  # 4 x 4 patches of the 16-pixel ViT
+    assert "image tokens 4" in result.stderr  # 4 x 4 patches of the 16-pixel ViT, pooled 2 x 2
     info = sf.info(out)
     assert info.samplerate == 16000 and info.frames > 0 and info.channels == 1
     assert lines[1].startswith(f"speech: wrote {out}") and "griffin-lim" in lines[1]
@@ -146,8 +147,10 @@ def test_export_runs_every_mode_and_answers_as_the_checkpoints_do(tiny, tmp_path
     root, ckpts = tiny
     media = ["--image", root / "circle.png", "--audio", root / "tone.wav", "--ocr", root / "line.png", "--text", "Hi"]
     from_ckpt = ok(chat(*ckpts, *media))
-    exported = ok(chat("--model_dir", root / "merged", *media, "--speak", tmp_path / "e.wav"))
+    result = chat("--model_dir", root / "merged", *media, "--speak", tmp_path / "e.wav")
+    exported = ok(result)
     assert exported[0] == from_ckpt[0]
+    assert "image tokens 4" in result.stderr  # the export keeps Stage E's pooled image-token mode
     assert "hifigan" in exported[1] and sf.info(tmp_path / "e.wav").samplerate == 16000
     assert " cer " in exported[2]
 
