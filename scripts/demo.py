@@ -76,15 +76,16 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     total = time.perf_counter()
     rows = [("data", "synthetic datasets", "", run([sys.executable, "scripts/make_synthetic_datasets.py"]))]
+    only = {w.strip().lower() for w in args.only.split(",")} if args.only else None
     for stage, script, config, metrics in STAGES:
-        if args.only and not any(w.strip().lower() in stage.lower() for w in args.only.split(",")):
+        if only and not only & set(stage.lower().split()):  # whole words: "a" or "text" select "A text"
             continue
         wall = run([sys.executable, script, "--config", config])
         summary = json.loads((save_dir(config) / "summary.json").read_text())
         for key, label in metrics.items():
             rows.append((stage, label, summary["metrics"][key], wall))
         rows.append((stage, "training seconds (all resumes)", summary["train_seconds"], wall))
-    if not args.only or {w.strip().lower() for w in args.only.split(",")} & SPEECH_OUT_WORDS:
+    if not only or only & SPEECH_OUT_WORDS:
         rows += speech_out_rows()
     print("\n" + table(rows))
     print(f"total {time.perf_counter() - total:.0f}s")
