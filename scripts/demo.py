@@ -21,6 +21,9 @@ STAGES = [
     ("C vision", "train_vision.py", "configs/demo/vision.json", {"i2t_r1": "i2t R@1", "t2i_r1": "t2i R@1"}),
     ("OCR", "train_ocr.py", "configs/demo/ocr.json",
      {"val_cer": "OCR CER", "val_exact_line_acc": "exact-line accuracy"}),
+    ("E sft", "sft_omni.py", "configs/demo/omni_sft.json",
+     {"mixed_acc": "mixed accuracy (held-out chats)", "em_image_qa": "exact match image QA",
+      "em_audio_qa": "exact match audio QA", "em_ocr_qa": "exact match OCR QA", "em_text": "exact match text"}),
 ]
 
 

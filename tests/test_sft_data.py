@@ -67,10 +67,18 @@ def test_dataset_layout_mix_and_disjoint_media(sft_data, tmp_path):
     assert not {r["messages"][0]["content"] for r in val if r["task"] == "text"} & \
         {r["messages"][0]["content"] for r in train if r["task"] == "text"}
     for r in train + val:
-        user, assistant = r["messages"]
-        assert user["role"] == "user" and assistant["role"] == "assistant" and assistant["content"]
-        assert user["content"].startswith("<image> ") == ("image" in r)
-        assert user["content"].startswith("<audio> ") == ("audio" in r)
+        messages = r["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant"] * (len(messages) // 2)
+        assert all(m["content"] for m in messages)
+        assert messages[0]["content"].startswith("<image> ") == ("image" in r)
+        assert messages[0]["content"].startswith("<audio> ") == ("audio" in r)
+        assert not any("<image>" in m["content"] or "<audio>" in m["content"] for m in messages[1:])
+    # Val asks one question per conversation (so exact match scores one answer); train up to three about a medium,
+    # of distinct kinds.
+    assert all(len(r["messages"]) == 2 for r in val)
+    multi = [r for r in train if len(r["messages"]) > 2]
+    assert multi and max(len(r["messages"]) for r in train) == 6
+    assert all(len({m["content"] for m in r["messages"][::2]}) == len(r["messages"]) // 2 for r in multi)
     # The val set does not depend on n_train, and the whole thing is deterministic.
     root = tmp_path / "again"
     again, _ = make_sft_data(root, n_train=30, n_val=20)
@@ -134,6 +142,12 @@ def test_source_expands_placeholders_and_masks_the_loss(sft_data, tokenizer):
         assert tokenizer.decode(labels).strip() == rec["messages"][1]["content"]
         positions = (item["targets"] != IGNORE_INDEX).nonzero().flatten()
         assert torch.equal(item["ids"][positions + 1], item["targets"][positions])
+    # A multi-turn conversation carries the loss on every answer (each closed by <|im_end|>), on nothing else.
+    multi = next(r for r in read_sft_manifest(sft / "train.jsonl") if len(r["messages"]) == 6)
+    item = SftSource([multi], tokenizer=tokenizer, max_length=256, image_size=16, image_tokens=5, n_mels=16)[0]
+    labels = item["targets"][item["targets"] != IGNORE_INDEX].tolist()
+    assert labels.count(tokenizer.im_end_id) == 3
+    assert tokenizer.decode(labels).split() == " ".join(m["content"] for m in multi["messages"][1::2]).split()
     batch = source.collate([source[i] for i in range(len(records))])
     B, T = batch["input_ids"].shape
     n_img, n_aud = sum("image" in r for r in records), sum("audio" in r for r in records)

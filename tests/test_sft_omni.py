@@ -20,7 +20,7 @@ from tests.test_sft_data import make_sft_data
 NEW_ROWS = [4, 5, 6, 7]
 TINY = {
     "model": {"image_tokens": "pooled", "image_pool": 2, "projector_hidden": 32},
-    "data": {"max_length": 96, "val_batch_size": 8, "sample_conversations": 2},
+    "data": {"max_length": 160, "val_batch_size": 8, "sample_conversations": 2},
     "train": {"max_steps": 6, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "val_freq": 3, "checkpoint_freq": 2,
               "log_freq": 2, "keep_last": 10, "threads": 1},
     "group_lr": {"embeddings": 1e-2},
@@ -33,7 +33,7 @@ def stages(tmp_path_factory, text_corpus):
     root = tmp_path_factory.mktemp("stages")
     train_tokenizer([text_corpus / "train.txt"], root / "thinker", vocab_size=400)
     torch.manual_seed(0)
-    thinker = ThinkerConfig(vocab_size=400, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64, max_seq_len=96)
+    thinker = ThinkerConfig(vocab_size=400, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64, max_seq_len=160)
     torch.save({"model": Thinker(thinker).state_dict(), "config": to_dict(thinker), "tokenizer": "tokenizer.model"},
                root / "thinker" / "thinker.pt")
     audio = AudioEncoderConfig(n_mels=16, d_model=16, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=32, conv_channels=4)

@@ -63,7 +63,7 @@ def read_sft_manifest(path: str | Path) -> list[dict]:
 
 class SftSource:
     """Indexable SFT source: item -> {"ids" (T,), "targets" (T,), "image" (3, S, S) | None, "mel" (T_mel, F) |
-    None, "task", "answer"}; see the module docstring."""
+    None, "task", "answer" (the first assistant turn)}; see the module docstring."""
 
     def __init__(self, records: list[dict], *, tokenizer, max_length: int, image_size: int | None = None,
                  image_tokens: int = 0, n_mels: int | None = None, max_mel_frames: int | None = None):
@@ -137,7 +137,7 @@ class SftSource:
         if len(ids) > self.max_length:
             raise BadSample(f"{where}: {len(ids)} tokens with media expanded > max_length={self.max_length}")
         ids_t = torch.tensor(ids, dtype=torch.long)
-        answer = [m["content"] for m in messages if isinstance(m, dict) and m.get("role") == "assistant"][-1]
+        answer = next(m["content"] for m in messages if m["role"] == "assistant")  # the first answer, for logs
         return {"ids": ids_t, "targets": sft_targets(ids_t, torch.tensor(mask)), "image": image, "mel": mel,
                 "task": record["task"], "answer": answer}
 
