@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 # (stage, script, demo config, the summary metrics to show: key -> label)
 STAGES = [
@@ -62,6 +63,51 @@ def speech_out_rows() -> list[tuple]:
     return rows + [("D TTS>ASR", f"CER, {result['sentences']} held-out ({result['vocoder']})", result["cer"], wall)]
 
 
+# export.py flag -> demo config whose save_dir holds that stage's final weights
+EXPORT_SOURCES = {
+    "--thinker_ckpt": "configs/demo/thinker.json", "--audio_ckpt": "configs/demo/audio_enc.json",
+    "--vision_ckpt": "configs/demo/vision.json", "--ocr_ckpt": "configs/demo/ocr.json",
+    "--vocoder_ckpt": "configs/demo/vocoder.json", "--omni_ckpt": "configs/demo/omni_sft.json",
+}
+
+
+def export_rows() -> list[tuple]:
+    """Merge every finished demo stage into one export, load it back and compare the Thinker's logits with the
+    stage checkpoint's, then answer an image question from the export alone (when Stage E ran)."""
+    import torch
+
+    import omni
+    from omni.thinker import Thinker, ThinkerConfig
+    from omni.training.checkpoint import load
+
+    out = REPO / "checkpoints/demo/merged_model"
+    flags = []
+    for flag, config in EXPORT_SOURCES.items():
+        if any(save_dir(config).glob("*.pt")) and (save_dir(config) / "summary.json").exists():
+            flags += [flag, str(save_dir(config))]
+    talker_dir = REPO / json.loads((REPO / "configs/demo/talker.json").read_text())["talker"]["train"]["save_dir"]
+    if (talker_dir / "talker.pt").exists():
+        flags += ["--talker_ckpt", str(talker_dir)]
+    wall = run([sys.executable, "export.py", *flags, "--output_dir", str(out)])
+    exported = omni.load_exported(out)
+    stage = load(save_dir("configs/demo/thinker.json") / "thinker.pt")
+    reference = Thinker(ThinkerConfig(**stage["config"])).eval()
+    reference.load_state_dict(stage["model"])
+    ids = torch.randint(0, reference.cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (exported.thinker(ids)[0] - reference(ids)[0]).abs().max().item()
+    present = json.loads((out / "config.json").read_text())["components_present"]
+    rows = [("export", f"components present (of {len(EXPORT_SOURCES) + 3})", len(present), wall),
+            ("export", "round trip max |logit diff| thinker", diff, wall)]
+    image = REPO / "data/images/val.jsonl"
+    if "vision_projector" in present and image.exists():
+        first = json.loads(image.read_text().splitlines()[0])
+        wall = run([sys.executable, "infer_chat.py", "--model_dir", str(out), "--image",
+                    str(image.parent / first["image"]), "--text", "What colour is the shape?"])
+        rows.append(("infer", f"image QA from export ({first['caption'][:20]})", "see above", wall))
+    return rows
+
+
 def run(cmd: list[str]) -> float:
     print(f"\n$ {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
@@ -90,6 +136,8 @@ def main(argv=None) -> None:
         rows.append((stage, "training seconds (all resumes)", summary["train_seconds"], wall))
     if not only or only & SPEECH_OUT_WORDS:
         rows += speech_out_rows()
+    if not only or "export" in only:
+        rows += export_rows()
     print("\n" + table(rows))
     print(f"total {time.perf_counter() - total:.0f}s")
 
