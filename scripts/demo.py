@@ -96,8 +96,9 @@ def export_rows() -> list[tuple]:
     ids = torch.randint(0, reference.cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         diff = (exported.thinker(ids)[0] - reference(ids)[0]).abs().max().item()
-    present = json.loads((out / "config.json").read_text())["components_present"]
-    rows = [("export", f"components present (of {len(EXPORT_SOURCES) + 3})", len(present), wall),
+    export_config = json.loads((out / "config.json").read_text())
+    present, absent = export_config["components_present"], export_config["components_absent"]
+    rows = [("export", f"components present (of {len(present) + len(absent)})", len(present), wall),
             ("export", "round trip max |logit diff| thinker", diff, wall)]
     image = REPO / "data/images/val.jsonl"
     if "vision_projector" in present and image.exists():
