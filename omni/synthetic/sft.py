@@ -1,15 +1,17 @@
 """Synthetic SFT conversations (Stage E) that can only be answered by looking at the image or listening to the audio.
 
-Four task types, each a one-turn chat in the DESIGN §5 manifest layout plus "task" (metric group) and "kind":
+Four task types, chats in the DESIGN §5 manifest layout plus "task" (metric group) and "kind" (of the first
+question). A training conversation about an image or a clip asks 1..max_turns questions of distinct kinds, so one
+encoded medium carries several supervised answers; a validation conversation asks one question:
 - image_qa, from the shape images of `omni.synthetic.images` and their attributes: "What colour is the circle?"
   (asked only of a shape that occurs once), "How many shapes are there?", "Where is the square?", "What shape is
   in the top left?". Answers are the attribute words ("red", "two", "top left", "star").
 - audio_qa, from the espeak-ng utterances of `omni.synthetic.speech`: "What did the speaker say?" (the whole
   transcript), "Which word was spoken: dog or cat?" (one word of the utterance against a word of the same kind
   that it lacks, in random order) and "Which colour was mentioned?" (utterances with exactly one colour).
-- ocr_qa: a short word rendered large on a square image ("What does the text say?"). The OCR-line set of
-  `omni.synthetic.ocr_lines` is not reused: the ViT sees a fixed small square, into which a 20-character line
-  would be squeezed beyond legibility, so the words are drawn here at the image size of the shape set.
+- ocr_qa: a short word printed large (dark ink, light paper) on a square image ("What does the text say?"). The
+  OCR-line set of `omni.synthetic.ocr_lines` is not reused: the ViT sees a fixed small square, into which a
+  20-character line would be squeezed beyond legibility, so the words are drawn here at the shape set's size.
 - text: instruction pairs over phrases of the speech vocabulary (repeat, first word, last word, word count), so
   SFT keeps the Thinker following plain-text instructions.
 
@@ -110,20 +112,20 @@ def text_instruction(rng: random.Random) -> tuple[str, str, str]:
 
 def render_word(word: str, rng: random.Random, nprng: np.random.Generator, fonts: list[str],
                 size: int) -> Image.Image:
-    """`word` in large letters on a plain square RGB image, with random font, colours, offset and slight tilt."""
-    light = rng.random() < 0.5
-    paper = tuple(rng.randint(190, 255) if light else rng.randint(0, 70) for _ in range(3))
-    ink = tuple(rng.randint(0, 80) if light else rng.randint(180, 255) for _ in range(3))
-    font_size = round(size * rng.uniform(0.34, 0.42))
+    """`word` in large dark letters on a light square RGB image (as printed text, like the OCR-line set), with a
+    random font, ink and paper shade, offset and slight tilt."""
+    paper = tuple(rng.randint(200, 255) for _ in range(3))
+    ink = tuple(rng.randint(0, 90) for _ in range(3))
+    font_size = round(size * rng.uniform(0.40, 0.48))
     font = ImageFont.truetype(rng.choice(fonts), font_size) if fonts else ImageFont.load_default(size=font_size)
     left, top, right, bottom = font.getbbox(word)
     w, h = right - left, bottom - top
     canvas = Image.new("RGB", (size, size), paper)
-    x = (size - w) / 2 + rng.uniform(-0.08, 0.08) * size - left
-    y = (size - h) / 2 + rng.uniform(-0.15, 0.15) * size - top
+    x = (size - w) / 2 + rng.uniform(-0.05, 0.05) * size - left
+    y = (size - h) / 2 + rng.uniform(-0.12, 0.12) * size - top
     ImageDraw.Draw(canvas).text((x, y), word, font=font, fill=ink)
-    canvas = canvas.rotate(rng.uniform(-6, 6), resample=Image.BILINEAR, fillcolor=paper)
-    noise = nprng.normal(0.0, 6.0, size=(size, size, 3))
+    canvas = canvas.rotate(rng.uniform(-4, 4), resample=Image.BILINEAR, fillcolor=paper)
+    noise = nprng.normal(0.0, 4.0, size=(size, size, 3))
     return Image.fromarray(np.clip(np.asarray(canvas, dtype=np.float32) + noise, 0, 255).round().astype(np.uint8))
 
 
