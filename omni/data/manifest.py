@@ -11,9 +11,14 @@ from pathlib import Path
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """All records of a JSONL file; blank lines are ignored, anything else must be a JSON object."""
+    return [record for _, record in read_jsonl_lines(path)]
+
+
+def read_jsonl_lines(path: str | Path, what: str = "manifest") -> list[tuple[int, dict]]:
+    """(line number, record) of every non-blank line, so later errors can name file:line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     records = []
     with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
@@ -25,9 +30,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
+            records.append((line_no, record))
     if not records:
-        raise ValueError(f"manifest {path} has no records")
+        raise ValueError(f"{what} {path} has no records")
     return records
 
 

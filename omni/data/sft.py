@@ -17,7 +17,6 @@ so the run skips and counts it; an unreadable manifest line (invalid JSON) is an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import soundfile as sf
@@ -25,7 +24,7 @@ import torch
 
 from omni.audio import SAMPLE_RATE, AudioError, LogMel, load_audio, mel_frames
 from omni.data.images import image_to_tensor, load_image
-from omni.data.manifest import resolve
+from omni.data.manifest import read_jsonl_lines, resolve
 from omni.data.resumable import BadSample
 from omni.omni_model import AUDIO_TOKEN_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, OmniModel, expand_placeholders, sft_targets
 
@@ -38,26 +37,12 @@ def read_sft_manifest(path: str | Path) -> list[dict]:
     """Records of an SFT manifest: the JSON object plus "where" (manifest:line), media paths resolved against the
     manifest and "task" filled in. Structure is checked per item by `SftSource` (a bad record is skipped)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"SFT manifest not found: {path}")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            for key in ("image", "audio"):
-                if isinstance(record.get(key), str):
-                    record[key] = str(resolve(path, record[key]))
-            records.append({**record, "task": record.get("task") or default_task(record),
-                            "where": f"{path}:{line_no}"})
-    if not records:
-        raise ValueError(f"SFT manifest {path} has no records")
+    for line_no, record in read_jsonl_lines(path, what="SFT manifest"):
+        for key in ("image", "audio"):
+            if isinstance(record.get(key), str):
+                record[key] = str(resolve(path, record[key]))
+        records.append({**record, "task": record.get("task") or default_task(record), "where": f"{path}:{line_no}"})
     return records
 
 
