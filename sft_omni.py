@@ -105,14 +105,12 @@ run = Run(cfg, name="omni_sft", metric="mixed_acc", mode="max", force=args.force
 groups = model.parameter_groups()
 lrs = {name: cfg.train.lr if getattr(cfg.group_lr, name) is None else getattr(cfg.group_lr, name) for name in groups}
 try:
-    optimizer = adamw([{"params": ps, "lr": lrs[name], "name": name} for name, ps in groups.items()],
+    # Decoupled weight decay would shrink the frozen rows of a row-masked embedding: embeddings are not decayed.
+    optimizer = adamw([{"params": ps, "lr": lrs[name], "name": name, **({"weight_decay": 0.0} if name == "embeddings"
+                                                                          else {})} for name, ps in groups.items()],
                       lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 except ValueError as e:
     raise SystemExit(f"{e}: unfreeze something (freeze_projectors=false, train_new_tokens=true, ...)") from None
-for group in optimizer.param_groups:
-    if group["name"] == "embeddings":
-        # Decoupled weight decay would shrink the frozen rows of a row-masked embedding; embeddings are not decayed.
-        group["weight_decay"] = 0.0
 for name, ps in groups.items():
     n = sum(p.numel() for p in ps if p.requires_grad)
     rows = f" (rows {new_rows} only)" if name == "embeddings" and n and cfg.freeze_thinker else ""

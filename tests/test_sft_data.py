@@ -217,5 +217,8 @@ def test_ocr_words_are_rendered_legibly_sized(sft_data):
     assert img.shape == (32, 32) and img.std() > 10  # the word is visible against its background
 
 
-def test_tokenizer_fixture_is_a_real_tokenizer(tokenizer):
-    assert isinstance(tokenizer, Tokenizer) and tokenizer.token_id("<image>") == IMAGE_TOKEN_ID
+def test_placeholder_ids_are_the_tokenizers(tokenizer):
+    assert isinstance(tokenizer, Tokenizer)
+    assert (tokenizer.token_id("<image>"), tokenizer.token_id("<audio>")) == (IMAGE_TOKEN_ID, AUDIO_TOKEN_ID)
+    ids, _ = tokenizer.encode_chat([{"role": "user", "content": "<image> <audio> What?"}])
+    assert ids.count(IMAGE_TOKEN_ID) == ids.count(AUDIO_TOKEN_ID) == 1  # one id each, also inside text

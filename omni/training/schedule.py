@@ -30,7 +30,8 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, max_st
 def adamw(params_or_model, *, lr: float, weight_decay: float, betas=(0.9, 0.95), fused: bool | None = None):
     """AdamW with decay on matrices only: norms, biases and 1-D parameters are not decayed.
 
-    Accepts a module (all trainable parameters, one LR) or a list of param-group dicts (per-group LRs).
+    Accepts a module (all trainable parameters, one LR) or a list of param-group dicts (per-group LRs; a group's
+    own "weight_decay" overrides the default for its matrices).
     """
     if isinstance(params_or_model, torch.nn.Module):
         groups = [{"params": [p for p in params_or_model.parameters() if p.requires_grad]}]
@@ -39,10 +40,10 @@ def adamw(params_or_model, *, lr: float, weight_decay: float, betas=(0.9, 0.95),
     split = []
     for g in groups:
         params = [p for p in g["params"] if p.requires_grad]
-        extra = {k: v for k, v in g.items() if k != "params"}
+        extra = {k: v for k, v in g.items() if k not in ("params", "weight_decay")}
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
-        split.append({**extra, "params": decay, "weight_decay": weight_decay})
+        split.append({**extra, "params": decay, "weight_decay": g.get("weight_decay", weight_decay)})
         split.append({**extra, "params": no_decay, "weight_decay": 0.0})
     if not any(g["params"] for g in split):
         raise ValueError("no trainable parameters: everything is frozen")
