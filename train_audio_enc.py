@@ -21,9 +21,9 @@ Rerunning the same command resumes from the newest checkpoint in train.save_dir.
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
+from omni.atomic import atomic_write_text
 from omni.audio import spec_augment
 from omni.audio_encoder import AsrModel, AudioEncoder, ctc_loss
 from omni.config import load_config, to_dict
@@ -45,9 +45,7 @@ vocab = CharVocab.from_texts(normalize_transcript(r["text"]) for r in train_reco
 vocab_file = run.run_dir / "vocab.json"
 if run.is_main:
     if not vocab_file.exists():
-        tmp = vocab_file.with_suffix(".json.tmp")  # write + rename: a kill never leaves half a vocabulary
-        tmp.write_text(json.dumps(vocab.to_list()) + "\n")
-        os.replace(tmp, vocab_file)
+        atomic_write_text(vocab_file, json.dumps(vocab.to_list()) + "\n")  # a kill never leaves half a vocabulary
     elif json.loads(vocab_file.read_text()) != vocab.to_list():
         message = (f"the transcripts of {cfg.data.train_manifest} use the characters {''.join(vocab.to_list())!r}, "
                    f"but this run's {vocab_file} has {''.join(json.loads(vocab_file.read_text()))!r}")

@@ -14,6 +14,7 @@ Rerunning the same command resumes from the newest checkpoint in train.save_dir.
 
 import json
 
+from omni.atomic import atomic_write_text
 from omni.config import load_config, to_dict
 from omni.ctc import CharVocab, ctc_greedy_decode
 from omni.data.images import OcrSource, read_ocr_manifest
@@ -42,7 +43,7 @@ if run.is_main:
     if vocab_file.exists() and json.loads(vocab_file.read_text()) != vocab.to_list() and not args.force:
         raise SystemExit(f"the characters of {cfg.data.train_manifest} differ from {vocab_file} of this run; "
                          "use a new train.save_dir (or --force)")
-    vocab_file.write_text(json.dumps(vocab.to_list(), ensure_ascii=False) + "\n")
+    atomic_write_text(vocab_file, json.dumps(vocab.to_list(), ensure_ascii=False) + "\n")
 
 # ---- data
 def ocr_source(records) -> OcrSource:

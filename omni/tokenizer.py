@@ -12,7 +12,7 @@ Design choices:
 - Deterministic training: the same corpus and settings give a byte-identical model file on any machine. The
   corpus goes in as a sentence iterator and the model comes back in memory, so no file path lands in the model;
   the thread count is fixed (SentencePiece's result depends on it); the random seed is set (it drives sentence
-  sampling when `input_sentence_size` > 0). The file is written atomically (temp file + os.replace).
+  sampling when `input_sentence_size` > 0). The file is written atomically (omni.atomic).
 - `fingerprint` (sha256 of the model file) names caches derived from the tokenizer, e.g. tokenized corpora.
 """
 
@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
+
+from omni.atomic import atomic_file
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 IM_START, IM_END, IMAGE, AUDIO = "<|im_start|>", "<|im_end|>", "<image>", "<audio>"
@@ -51,20 +51,6 @@ def _read_sentences(files: list[Path], counter: list[int]) -> Iterator[str]:
                 if line.strip():
                     counter[0] += 1
                     yield line
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder + fsync + os.replace: a kill at any moment leaves the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def train_tokenizer(
@@ -134,7 +120,8 @@ def train_tokenizer(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / TOKENIZER_FILE
-    _write_bytes_atomic(path, writer.getvalue())
+    with atomic_file(path) as f:
+        f.write(writer.getvalue())
     return Tokenizer(path)
 
 
@@ -178,7 +165,8 @@ class Tokenizer:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / TOKENIZER_FILE
-        _write_bytes_atomic(path, self.model_path.read_bytes())
+        with atomic_file(path) as f:
+            f.write(self.model_path.read_bytes())
         return path
 
     @property

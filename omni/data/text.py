@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from omni.atomic import atomic_file
 from omni.tokenizer import Tokenizer
 
 
@@ -47,12 +48,8 @@ def build_token_cache(corpus: str | Path, tokenizer: Tokenizer) -> Path:
     ids = []
     for doc in read_documents(corpus):
         ids.extend(tokenizer.encode(doc, bos=True, eos=True))
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(fd, "wb") as f:
+    with atomic_file(out) as f:
         np.asarray(ids, dtype=dtype).tofile(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
     return out
 
 

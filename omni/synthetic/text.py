@@ -18,10 +18,10 @@ The word lists below (colours, shapes, positions, sizes, numbers, days) are shar
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
+
+from omni.atomic import atomic_write_text
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "black", "white")
 SHAPES = ("circle", "square", "triangle", "star")
@@ -338,20 +338,6 @@ def make_document(rng: random.Random) -> str:
     return genre(rng)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Temp file in the same folder + os.replace, so a kill never leaves a half-written corpus behind."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _stats(path: Path, docs: list[str]) -> dict:
     return {"path": str(path), "docs": len(docs), "chars": sum(map(len, docs)),
             "words": sum(len(d.split()) for d in docs)}
@@ -378,6 +364,6 @@ def write_text_corpus(out_dir: str | Path, *, seed: int = 0, n_train_docs: int, 
     stats = {"seed": seed}
     for split, docs in (("train", train), ("val", val)):
         path = out_dir / f"{split}.txt"
-        _write_text_atomic(path, "\n\n".join(docs) + "\n")
+        atomic_write_text(path, "\n\n".join(docs) + "\n")
         stats[split] = _stats(path, docs)
     return stats

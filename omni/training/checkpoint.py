@@ -7,14 +7,14 @@ renamed over the target, so a crash at any moment leaves the previous file intac
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from omni.atomic import atomic_file
 
 # Keys of a training checkpoint.
 MODEL = "model"  # state of the raw (uncompiled, unwrapped) module: everything, or only trainable parameters
@@ -37,32 +37,9 @@ STEP_FILE = re.compile(r"^(?P<name>.+)_step_(?P<step>\d+)\.pt$")
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to a temp file beside `path`, fsync it, then os.replace: readers see the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX needs the directory entry flushed too)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """torch.save through omni.atomic: readers see the old or the new file, never a torn one."""
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def load(path: str | Path, map_location="cpu") -> dict:
