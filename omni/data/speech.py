@@ -118,6 +118,23 @@ def load_asr_records(path: str | Path) -> list[dict]:
     )
 
 
+def load_waveform(path) -> torch.Tensor:
+    """16 kHz mono samples of `path`, or BadSample naming the file (unreadable, silent, shorter than one frame)."""
+    try:
+        wav = load_audio(path)
+    except AudioError as e:
+        raise BadSample(str(e)) from None
+    if wav.shape[0] < MIN_SAMPLES:
+        raise BadSample(f"{path}: only {wav.shape[0]} samples at 16 kHz, too short for one mel frame")
+    return wav
+
+
+def load_log_mel(path, logmel, wav: torch.Tensor | None = None) -> torch.Tensor:
+    """(T, F) log-mel of `path` (or of its already loaded `wav`); BadSample naming the file when unusable."""
+    with torch.no_grad():
+        return logmel(load_waveform(path) if wav is None else wav)
+
+
 class AsrSource:
     """Indexable ASR source: item -> {"mel" (T, F), "labels" (L,), "text", "audio"}; see the module docstring."""
 
@@ -174,14 +191,7 @@ class AsrSource:
         if unknown:
             raise BadSample(f"{path}: transcript characters {sorted(unknown)} are not in the vocabulary")
         labels = self.vocab.encode(text)
-        try:
-            wav = load_audio(path)
-        except AudioError as e:
-            raise BadSample(str(e)) from None
-        if wav.shape[0] < MIN_SAMPLES:
-            raise BadSample(f"{path}: only {wav.shape[0]} samples at 16 kHz, too short for one mel frame")
-        with torch.no_grad():
-            mel = self.logmel(wav)  # (T, F)
+        mel = load_log_mel(path, self.logmel)  # (T, F)
         n_frames = mel.shape[0]
         if self.max_mel_length is not None and n_frames > self.max_mel_length:
             raise BadSample(f"{path}: {n_frames} mel frames exceed max_mel_length={self.max_mel_length}")

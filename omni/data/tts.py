@@ -28,13 +28,10 @@ import torch
 from omni.audio import (
     HOP_LENGTH,
     LOG_MEL_FLOOR,
-    MIN_SAMPLES,
-    AudioError,
     LogMel,
-    load_audio,
 )
 from omni.data.resumable import BadSample
-from omni.data.speech import AsrSource
+from omni.data.speech import AsrSource, load_log_mel, load_waveform
 from omni.training.checkpoint import atomic_save
 from omni.training.checkpoint import load as load_file
 
@@ -78,14 +75,8 @@ class SpeechClips:
 
     def __getitem__(self, i: int) -> dict:
         path = self.records[i]["audio"]
-        try:
-            wav = load_audio(path)
-        except AudioError as e:
-            raise BadSample(str(e)) from None
-        if wav.shape[0] < MIN_SAMPLES:
-            raise BadSample(f"{path}: only {wav.shape[0]} samples at 16 kHz, too short for one mel frame")
-        with torch.no_grad():
-            mel = self.logmel(wav)
+        wav = load_waveform(path)
+        mel = load_log_mel(path, self.logmel, wav)
         item = {"mel": mel, "audio": str(path)}
         if self.with_wav:
             n = mel.shape[0] * HOP_LENGTH
