@@ -7,8 +7,6 @@ The cache is rebuilt when the tokenizer changes (its fingerprint is in the name)
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
