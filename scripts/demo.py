@@ -1,154 +1,299 @@
-"""The whole pipeline at CPU scale: synthetic data, every stage with configs/demo/, then a summary table.
+"""The whole pipeline at CPU scale: synthetic data, every stage with configs/demo/, export, inference, one summary.
 
-    make demo          (or: .venv/bin/python scripts/demo.py [--only text])
+    make demo          (or: .venv/bin/python scripts/demo.py [--only text,e] [--jobs 2])
 
-Every stage resumes, so rerunning after an interruption (or after it finished) continues instead of starting over.
+The steps form a dependency graph (Stage C needs Stage A's tokenizer, Stage E needs A, B and C, ...) and up to
+--jobs of them run at once, each with one torch thread: on a 2-core machine two stages train side by side. Each
+step's output goes to checkpoints/demo/logs/<step>.log; the console shows starts, ends and a progress line a minute.
+Every step resumes, so rerunning after an interruption (or after it finished) continues instead of starting over.
+A failed step stops the launch of new ones, lets the running ones finish, prints the tail of its log and exits 1.
 """
+
+from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-# (stage, script, demo config, the summary metrics to show: key -> label)
-STAGES = [
-    ("A text", "train_text.py", "configs/demo/thinker.json", {"val_ppl": "val perplexity"}),
-    ("B audio", "train_audio_enc.py", "configs/demo/audio_enc.json", {"val_cer": "val CER", "val_wer": "val WER"}),
-    ("C vision", "train_vision.py", "configs/demo/vision.json", {"i2t_r1": "i2t R@1", "t2i_r1": "t2i R@1"}),
-    ("OCR", "train_ocr.py", "configs/demo/ocr.json",
-     {"val_cer": "OCR CER", "val_exact_line_acc": "exact-line accuracy"}),
-    ("E sft", "sft_omni.py", "configs/demo/omni_sft.json",
-     {"mixed_acc": "mixed accuracy (held-out chats)", "em_image_qa": "exact match image QA",
-      "em_audio_qa": "exact match audio QA", "em_ocr_qa": "exact match OCR QA", "em_text": "exact match text"}),
-]
-
-
-SPEECH_OUT_WORDS = {"d", "speech", "talker", "codec", "vocoder", "tts"}  # --only words that select the block below
+PY = sys.executable
+LOGS = REPO / "checkpoints/demo/logs"
+EXPORT_DIR = REPO / "checkpoints/demo/merged_model"
 TTS_SENTENCES = 50  # held-out sentences spoken for the TTS -> ASR CER
 
 
-def speech_out_rows() -> list[tuple]:
-    """Stage D (codec, then Talker), the vocoder, then the loop closed: held-out sentences synthesized (Talker ->
-    codec -> HiFi-GAN, or Griffin-Lim when no vocoder was trained) and transcribed by the Stage-B ASR model."""
-    talker_cfg = json.loads((REPO / "configs/demo/talker.json").read_text())
-    codec_dir, talker_dir = (REPO / talker_cfg[p]["train"]["save_dir"] for p in ("codec", "talker"))
-    wall = run([sys.executable, "train_talker.py", "--config", "configs/demo/talker.json"])
-    codec = json.loads((codec_dir / "summary.json").read_text())["metrics"]
-    talker = json.loads((talker_dir / "summary.json").read_text())["metrics"]
-    size = talker_cfg["codec"]["model"]["codebook_size"]
-    rows = [("D codec", "held-out mel recon L1 (normalised)", codec["val_recon_l1"], wall),
-            ("D codec", "held-out recon MSE (normalised)", codec["val_recon_mse"], wall)]
-    rows += [("D codec", f"codebook {k} perplexity (of {size})", codec[f"val_ppl_cb{k}"], wall)
-             for k in range(talker_cfg["codec"]["model"]["n_codebooks"])]
-    rows += [("D talker", "held-out code CE", talker["val_loss"], wall),
-             ("D talker", "held-out code accuracy", talker["val_acc"], wall)]
-    wall = run([sys.executable, "train_vocoder.py", "--config", "configs/demo/vocoder.json"])
-    vocoder_dir = save_dir("configs/demo/vocoder.json")
-    vocoder = json.loads((vocoder_dir / "summary.json").read_text())["metrics"]
-    rows += [("vocoder", "held-out mel-L1 HiFi-GAN", vocoder["val_mel_l1"], wall),
-             ("vocoder", "held-out mel-L1 Griffin-Lim", vocoder["val_mel_l1_griffin_lim"], wall)]
-    asr_dir = save_dir("configs/demo/audio_enc.json")
-    if not (asr_dir / "audio_enc.pt").is_file():
-        return rows + [("D TTS>ASR", "CER: no Stage-B model, skipped", "-", 0.0)]
-    out = talker_dir / "tts_asr.json"
-    wall = run([sys.executable, "-m", "omni.speech", "--talker", str(talker_dir), "--vocoder", str(vocoder_dir),
-                "--asr", str(asr_dir), "--manifest", talker_cfg["talker"]["data"]["val_manifest"],
-                "--n", str(TTS_SENTENCES), "--threads", "1", "--json", str(out)])
-    result = json.loads(out.read_text())
-    return rows + [("D TTS>ASR", f"CER, {result['sentences']} held-out ({result['vocoder']})", result["cer"], wall)]
+def config(name: str) -> dict:
+    return json.loads((REPO / "configs/demo" / f"{name}.json").read_text())
 
 
-# export.py flag -> demo config whose save_dir holds that stage's final weights
-EXPORT_SOURCES = {
-    "--thinker_ckpt": "configs/demo/thinker.json", "--audio_ckpt": "configs/demo/audio_enc.json",
-    "--vision_ckpt": "configs/demo/vision.json", "--ocr_ckpt": "configs/demo/ocr.json",
-    "--vocoder_ckpt": "configs/demo/vocoder.json", "--omni_ckpt": "configs/demo/omni_sft.json",
-}
+def save_dir(name: str, part: str | None = None) -> Path:
+    """The run dir of demo config `name` (of its `part`, for the two-phase talker config)."""
+    cfg = config(name)
+    return REPO / (cfg[part] if part else cfg)["train"]["save_dir"]
 
 
-def export_rows() -> list[tuple]:
-    """Merge every finished demo stage into one export, load it back and compare the Thinker's logits with the
-    stage checkpoint's, then answer an image question from the export alone (when Stage E ran)."""
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def metric_rows(step: str, run_dir: Path, labels: dict[str, str]) -> list[tuple]:
+    """(step, label, value) for the summary metrics named in labels, plus the training seconds of all resumes."""
+    s = summary(run_dir)
+    return [(step, label, s["metrics"][key]) for key, label in labels.items() if key in s["metrics"]] + \
+        [(step, "training seconds (all resumes)", s["train_seconds"])]
+
+
+@dataclass
+class Step:
+    """One command of the demo (or a function giving it when the step starts, for commands that depend on earlier
+    steps' outputs); `rows(stdout)` reads its results once it has finished."""
+    name: str
+    cmd: list[str] | Callable[[], list[str]]
+    needs: tuple[str, ...] = ()
+    rows: Callable[[str], list[tuple]] = lambda out: []
+    words: set[str] = field(default_factory=set)  # --only words that select it, besides the name's own words
+
+
+def talker_rows(_: str) -> list[tuple]:
+    cfg = config("talker")
+    codec, talker = summary(save_dir("talker", "codec"))["metrics"], summary(save_dir("talker", "talker"))["metrics"]
+    rows = [("D codec", "held-out mel recon L1 (normalised)", codec["val_recon_l1"])]
+    rows += [("D codec", f"codebook {k} perplexity (of {cfg['codec']['model']['codebook_size']})",
+              codec[f"val_ppl_cb{k}"]) for k in range(cfg["codec"]["model"]["n_codebooks"])]
+    return rows + [("D talker", "held-out code CE", talker["val_loss"]),
+                   ("D talker", "held-out code accuracy", talker["val_acc"])]
+
+
+def tts_rows(_: str) -> list[tuple]:
+    result = json.loads((save_dir("talker", "talker") / "tts_asr.json").read_text())
+    return [("D TTS>ASR", f"CER, {result['sentences']} held-out ({result['vocoder']})", result["cer"])]
+
+
+# export.py flag -> the demo config whose run dir holds that stage's final weights
+EXPORT_SOURCES = {"--thinker_ckpt": "thinker", "--audio_ckpt": "audio_enc", "--vision_ckpt": "vision",
+                  "--ocr_ckpt": "ocr", "--vocoder_ckpt": "vocoder", "--omni_ckpt": "omni_sft"}
+
+
+def export_cmd() -> list[str]:
+    """export.py over every demo stage that has finished (decided when the step starts)."""
+    flags = [x for flag, name in EXPORT_SOURCES.items() if (save_dir(name) / "summary.json").exists()
+             for x in (flag, str(save_dir(name)))]
+    if (save_dir("talker", "talker") / "talker.pt").exists():
+        flags += ["--talker_ckpt", str(save_dir("talker", "talker"))]
+    return [PY, "export.py", *flags, "--output_dir", str(EXPORT_DIR)]
+
+
+def export_rows(_: str) -> list[tuple]:
+    """Load the export back and compare the Thinker's logits with the Stage-A checkpoint's (the SFT Thinker when
+    Stage E is in it: then with the checkpoint model infer_chat builds)."""
     import torch
 
     import omni
     from omni.thinker import Thinker, ThinkerConfig
     from omni.training.checkpoint import load
 
-    out = REPO / "checkpoints/demo/merged_model"
-    flags = []
-    for flag, config in EXPORT_SOURCES.items():
-        if any(save_dir(config).glob("*.pt")) and (save_dir(config) / "summary.json").exists():
-            flags += [flag, str(save_dir(config))]
-    talker_dir = REPO / json.loads((REPO / "configs/demo/talker.json").read_text())["talker"]["train"]["save_dir"]
-    if (talker_dir / "talker.pt").exists():
-        flags += ["--talker_ckpt", str(talker_dir)]
-    wall = run([sys.executable, "export.py", *flags, "--output_dir", str(out)])
-    exported = omni.load_exported(out)
-    stage = load(save_dir("configs/demo/thinker.json") / "thinker.pt")
+    exported = omni.load_exported(EXPORT_DIR)
+    present = json.loads((EXPORT_DIR / "config.json").read_text())["components_present"]
+    absent = json.loads((EXPORT_DIR / "config.json").read_text())["components_absent"]
+    stage = load(save_dir("thinker") / "thinker.pt")
     reference = Thinker(ThinkerConfig(**stage["config"])).eval()
     reference.load_state_dict(stage["model"])
+    sft = load(save_dir("omni_sft") / "omni_final.pt") if "vision_projector" in present else None
+    if sft:  # the export's Thinker is the SFT one: lay Stage E's changes over the Stage-A weights
+        reference.load_state_dict({k.removeprefix("thinker."): v for k, v in sft["model"].items()
+                                   if k.startswith("thinker.")}, strict=False)
     ids = torch.randint(0, reference.cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         diff = (exported.thinker(ids)[0] - reference(ids)[0]).abs().max().item()
-    export_config = json.loads((out / "config.json").read_text())
-    present, absent = export_config["components_present"], export_config["components_absent"]
-    rows = [("export", f"components present (of {len(present) + len(absent)})", len(present), wall),
-            ("export", "round trip max |logit diff| thinker", diff, wall)]
-    image = REPO / "data/images/val.jsonl"
-    if "vision_projector" in present and image.exists():
-        first = json.loads(image.read_text().splitlines()[0])
-        wall = run([sys.executable, "infer_chat.py", "--model_dir", str(out), "--image",
-                    str(image.parent / first["image"]), "--text", "What colour is the shape?"])
-        rows.append(("infer", f"image QA from export ({first['caption'][:20]})", "see above", wall))
-    return rows
+    which = "SFT thinker" if sft else "thinker"
+    return [("export", f"components present (of {len(present) + len(absent)})", len(present)),
+            ("export", f"round trip max |logit diff| {which}", diff)]
 
 
-def run(cmd: list[str]) -> float:
-    print(f"\n$ {' '.join(cmd)}", flush=True)
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True)
-    return time.perf_counter() - start
+def demo_questions() -> dict:
+    """The infer steps' inputs, read when they start (the data does not exist before the demo made it): the first
+    held-out image with one shape (asked its colour) and the first held-out clip (asked what was said)."""
+    images, speech = REPO / "data/images/val.jsonl", REPO / "data/speech/val.jsonl"
+    image = next(r for r in map(json.loads, images.read_text().splitlines()) if r["attributes"]["count"] == 1)
+    clip = json.loads(speech.read_text().splitlines()[0])
+    shape = image["attributes"]["shapes"][0]
+    return {"image": str(images.parent / image["image"]), "question": f"What colour is the {shape['shape']}?",
+            "colour": shape["colour"], "audio": str(speech.parent / clip["audio"]), "transcript": clip["text"]}
 
 
-def save_dir(config: str) -> Path:
-    return REPO / json.loads((REPO / config).read_text())["train"]["save_dir"]
+def infer_steps() -> list[Step]:
+    """infer_chat.py from the export alone: an image question, an audio question, and an image answer spoken."""
+    base = [PY, "infer_chat.py", "--model_dir", str(EXPORT_DIR)]
+
+    def answer(truth_key: str) -> Callable[[str], list[tuple]]:
+        def rows(out: str) -> list[tuple]:
+            truth = demo_questions()[truth_key]
+            reply = next((line for line in out.splitlines() if not line.startswith("speech:")), "")
+            cer = re.search(r"cer ([0-9.]+)", out)
+            return [("infer", f"{reply[:14]!r} (truth {truth[:14]!r})", "right" if reply == truth else "wrong")] + \
+                ([("infer", "--speak: ASR CER of the spoken answer", float(cer.group(1)))] if cer else [])
+        return rows
+
+    def image_question() -> list[str]:
+        q = demo_questions()
+        return [*base, "--image", q["image"], "--text", q["question"]]
+
+    return [
+        Step("infer image", image_question, ("export",), answer("colour")),
+        Step("infer audio", lambda: [*base, "--audio", demo_questions()["audio"], "--text",
+                                     "What did the speaker say?"], ("export",), answer("transcript")),
+        Step("infer speak", lambda: [*image_question(), "--speak", str(LOGS / "infer_speak.wav")], ("export",),
+             answer("colour")),
+    ]
+
+
+def steps() -> list[Step]:
+    """In launch priority order: the longest chain (A -> C -> E) first, so the other lane fills in around it."""
+    data = [PY, "scripts/make_synthetic_datasets.py", "--only"]
+    train = {name: [PY, script, "--config", f"configs/demo/{name}.json"] for name, script in (
+        ("thinker", "train_text.py"), ("audio_enc", "train_audio_enc.py"), ("vision", "train_vision.py"),
+        ("ocr", "train_ocr.py"), ("talker", "train_talker.py"), ("vocoder", "train_vocoder.py"),
+        ("omni_sft", "sft_omni.py"))}
+    talker = config("talker")["talker"]
+    return [
+        Step("data text", [*data, "text"], words={"data"}),
+        Step("data images", [*data, "images"], words={"data"}),
+        Step("data speech", [*data, "speech"], words={"data"}),
+        Step("A text", train["thinker"], ("data text",),
+             lambda _: metric_rows("A text", save_dir("thinker"), {"val_ppl": "val perplexity"})),
+        Step("data ocr", [*data, "ocr"], words={"data"}),
+        Step("data sft", [*data, "sft"], ("data images", "data speech"), words={"data"}),
+        Step("C vision", train["vision"], ("A text", "data images"),
+             lambda _: metric_rows("C vision", save_dir("vision"), {"i2t_r1": "i2t R@1", "t2i_r1": "t2i R@1"})),
+        Step("B audio", train["audio_enc"], ("data speech",),
+             lambda _: metric_rows("B audio", save_dir("audio_enc"), {"val_cer": "val CER", "val_wer": "val WER"})),
+        Step("E sft", train["omni_sft"], ("A text", "B audio", "C vision", "data sft"),
+             lambda _: metric_rows("E sft", save_dir("omni_sft"), {
+                 "mixed_acc": "mixed accuracy (held-out chats)", "em_image_qa": "exact match image QA",
+                 "em_audio_qa": "exact match audio QA", "em_ocr_qa": "exact match OCR QA",
+                 "em_text": "exact match text"})),
+        Step("OCR", train["ocr"], ("data ocr",),
+             lambda _: metric_rows("OCR", save_dir("ocr"), {"val_cer": "OCR CER",
+                                                           "val_exact_line_acc": "exact-line accuracy"})),
+        Step("D talker", train["talker"], ("A text", "data speech"), talker_rows, {"d", "speech", "codec"}),
+        Step("vocoder", train["vocoder"], ("data speech",),
+             lambda _: metric_rows("vocoder", save_dir("vocoder"), {
+                 "val_mel_l1": "held-out mel-L1 HiFi-GAN", "val_mel_l1_griffin_lim": "held-out mel-L1 Griffin-Lim"}),
+             {"speech"}),
+        Step("D TTS>ASR", [PY, "-m", "omni.speech", "--talker", str(save_dir("talker", "talker")),
+                           "--vocoder", str(save_dir("vocoder")), "--asr", str(save_dir("audio_enc")),
+                           "--manifest", talker["data"]["val_manifest"], "--n", str(TTS_SENTENCES),
+                           "--threads", "1", "--json", str(save_dir("talker", "talker") / "tts_asr.json")],
+             ("B audio", "D talker", "vocoder"), tts_rows, {"d", "speech", "tts"}),
+        Step("export", export_cmd, ("A text", "B audio", "C vision", "OCR", "D talker", "vocoder", "E sft"),
+             export_rows),
+        *infer_steps(),
+    ]
+
+
+def selected(all_steps: list[Step], only: set[str] | None) -> list[Step]:
+    """--only by whole words ("a" or "text" select "A text"); the steps a selected one needs are taken to be done
+    already (each script says clearly when a checkpoint it needs is missing). The infer steps need the data."""
+    if not only:
+        return all_steps
+    chosen = [s for s in all_steps if only & (set(s.name.lower().split()) | s.words)]
+    names = {s.name for s in chosen}
+    return [Step(s.name, s.cmd, tuple(n for n in s.needs if n in names), s.rows, s.words) for s in chosen]
+
+
+def last_line(log: Path) -> str:
+    """The latest progress line of a log (tqdm redraws with carriage returns)."""
+    try:
+        tail = log.read_bytes()[-2000:].decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [x.strip() for x in re.split(r"[\r\n]", tail) if x.strip()]
+    return lines[-1][:110] if lines else ""
+
+
+def run_all(plan: list[Step], jobs: int) -> tuple[list[tuple], dict[str, float], list[str]]:
+    """Run the plan with up to `jobs` steps at once. Returns rows, wall seconds per step, and failed steps."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    pending, running = list(plan), {}
+    done, failed, rows, walls = set(), [], [], {}
+    last_report = time.perf_counter()
+    while pending or running:
+        ready = [s for s in pending if all(n in done for n in s.needs)] if not failed else []
+        for step in ready[:max(0, jobs - len(running))]:
+            pending.remove(step)
+            cmd = step.cmd() if callable(step.cmd) else step.cmd
+            log = LOGS / f"{step.name.replace(' ', '_').replace('>', '-')}.log"  # stderr: logs, progress bars
+            print(f"[start] {step.name}: {' '.join(Path(c).name if c == PY else c for c in cmd)}  (log: "
+                  f"{os.path.relpath(log, REPO)})", flush=True)
+            handles = (log.with_suffix(".out").open("w"), log.open("w"))  # stdout: the results rows() reads
+            running[step.name] = (step, subprocess.Popen(cmd, cwd=REPO, stdout=handles[0], stderr=handles[1],
+                                                         env=env), time.perf_counter(), log, handles)
+        if failed and not running:
+            break
+        if not ready and not running:  # what is left needs a step that was not selected or failed
+            break
+        time.sleep(0.5)
+        for name, (step, proc, start, log, handles) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            for handle in handles:
+                handle.close()
+            del running[name]
+            walls[name] = time.perf_counter() - start
+            if proc.returncode != 0:
+                failed.append(name)
+                print(f"[FAILED] {name} (exit {proc.returncode}) after {walls[name]:.0f}s; the end of {log}:\n" +
+                      "\n".join(log.read_text(errors="replace").splitlines()[-30:]), flush=True)
+                continue
+            done.add(name)
+            print(f"[done] {name} in {walls[name]:.0f}s", flush=True)
+            stdout = log.with_suffix(".out").read_text(errors="replace")
+            rows += [(*row, walls[name]) for row in step.rows(stdout)]
+            if name.startswith("infer"):
+                print(f"  {name}: {stdout.strip().splitlines()[-1] if stdout.strip() else ''}", flush=True)
+        if running and time.perf_counter() - last_report > 60:
+            last_report = time.perf_counter()
+            for name, (_, _, start, log, _) in running.items():
+                print(f"  ... {name} ({time.perf_counter() - start:.0f}s): {last_line(log)}", flush=True)
+    failed += [s.name + " (not started: needs " + ", ".join(n for n in s.needs if n not in done) + ")"
+               for s in pending]
+    return rows, walls, failed
+
+
+def table(rows: list[tuple]) -> str:
+    lines = [f"{'step':<12} {'metric':<42} {'value':>12} {'wall s':>8}", "-" * 77]
+    for step, label, value, wall in rows:
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        lines.append(f"{step:<12} {label:<42} {shown:>12} {wall:>8.1f}")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=None, help="comma-separated stage letters/names to run (default: all)")
+    parser.add_argument("--only", default=None, help="comma-separated words of the steps to run, e.g. 'a,c,e', "
+                                                      "'data', 'speech', 'export,infer' (default: all)")
+    parser.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)),
+                        help="steps run at once, one thread each (default: 2, or 1 on a 1-core machine)")
     args = parser.parse_args(argv)
-    total = time.perf_counter()
-    rows = [("data", "synthetic datasets", "", run([sys.executable, "scripts/make_synthetic_datasets.py"]))]
-    only = {w.strip().lower() for w in args.only.split(",")} if args.only else None
-    for stage, script, config, metrics in STAGES:
-        if only and not only & set(stage.lower().split()):  # whole words: "a" or "text" select "A text"
-            continue
-        wall = run([sys.executable, script, "--config", config])
-        summary = json.loads((save_dir(config) / "summary.json").read_text())
-        for key, label in metrics.items():
-            rows.append((stage, label, summary["metrics"][key], wall))
-        rows.append((stage, "training seconds (all resumes)", summary["train_seconds"], wall))
-    if not only or only & SPEECH_OUT_WORDS:
-        rows += speech_out_rows()
-    if not only or "export" in only:
-        rows += export_rows()
-    print("\n" + table(rows))
-    print(f"total {time.perf_counter() - total:.0f}s")
-
-
-def table(rows) -> str:
-    lines = [f"{'stage':<10} {'metric':<34} {'value':>12} {'wall s':>8}", "-" * 67]
-    for stage, label, value, wall in rows:
-        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-        lines.append(f"{stage:<10} {label:<34} {shown:>12} {wall:>8.1f}")
-    return "\n".join(lines)
+    start = time.perf_counter()
+    only = {w.strip().lower() for w in args.only.split(",") if w.strip()} if args.only else None
+    rows, walls, failed = run_all(selected(steps(), only), args.jobs)
+    data_s = sum(w for name, w in walls.items() if name.startswith("data"))
+    print("\n" + table([("data", "synthetic datasets (all parts, summed)", "", data_s), *rows]))
+    print(f"total {time.perf_counter() - start:.0f}s wall with {args.jobs} steps at a time")
+    if failed:
+        print("failed: " + "; ".join(failed))
+        sys.exit(1)
 
 
 if __name__ == "__main__":
