@@ -12,7 +12,8 @@ also with changed freeze flags (the log lists what changed). The loss covers ass
 ending in <|im_end|>, the token generation stops at.
 
 Metrics on the held-out conversations: val_loss (per assistant token) and greedy exact match per task
-(em_image_qa, em_audio_qa, em_ocr_qa, em_text) and over all conversations (mixed_acc). Final weights:
+(em_image_qa, em_audio_qa, em_ocr_qa, em_text), per question kind when the manifest names it
+(em_image_qa/position, ...) and over all conversations (mixed_acc). Final weights:
 <save_dir>/omni_final.pt = {"model": every parameter that differs from the stage weights (trained here or by the
 init_from chain) plus the projectors, named "<component>.<parameter>", "config": per component model configs,
 "tokenizer": the tokenizer file copied beside it, "stage_weights": the stage files the rest comes from}.
@@ -143,20 +144,23 @@ def log_samples() -> None:
 
 
 def evaluate() -> dict:
-    sums = {"nll": 0.0, "tokens": 0.0, **{f"{k}_{t}": 0.0 for t in val_source.tasks for k in ("n", "ok")}}
+    groups = [*val_source.tasks, *val_source.kinds]  # per task, and per question kind within a task
+    sums = {"nll": 0.0, "tokens": 0.0, **{f"{k}_{g}": 0.0 for g in groups for k in ("n", "ok")}}
     for batch in run.eval_batches(val_source, cfg.data.val_batch_size):
         with run.autocast():
             logits, loss = run.raw_model(batch["input_ids"], targets=batch["targets"], **media(batch))
         n = int((batch["targets"] != IGNORE_INDEX).sum())
         sums["nll"], sums["tokens"] = sums["nll"] + loss.float().item() * n, sums["tokens"] + n
-        for task, ok in zip(batch["tasks"], greedy_exact_match(logits, batch["targets"]).tolist()):
-            sums[f"n_{task}"] += 1
-            sums[f"ok_{task}"] += ok
+        matches = greedy_exact_match(logits, batch["targets"]).tolist()
+        for task, kind, ok in zip(batch["tasks"], batch["kinds"], matches):
+            for group in (task, f"{task}/{kind}") if kind is not None else (task,):
+                sums[f"n_{group}"] += 1
+                sums[f"ok_{group}"] += ok
     sums = run.reduce_sums(sums)
     if run.is_main:
         log_samples()
     metrics = {"val_loss": sums["nll"] / max(1.0, sums["tokens"])}
-    metrics.update({f"em_{t}": sums[f"ok_{t}"] / max(1.0, sums[f"n_{t}"]) for t in val_source.tasks})
+    metrics.update({f"em_{g}": sums[f"ok_{g}"] / max(1.0, sums[f"n_{g}"]) for g in groups})
     n_all = sum(sums[f"n_{t}"] for t in val_source.tasks)
     metrics["mixed_acc"] = sum(sums[f"ok_{t}"] for t in val_source.tasks) / max(1.0, n_all)
     return metrics

@@ -58,6 +58,8 @@ class SftSource:
         self.image_size, self.image_tokens, self.max_mel_frames = image_size, image_tokens, max_mel_frames
         self.logmel = LogMel(n_mels) if n_mels is not None else None
         self.tasks = sorted({r["task"] for r in records})
+        # Question kinds per task ("image_qa/position"), from the records' optional "kind": finer metrics.
+        self.kinds = sorted({f"{r['task']}/{r['kind']}" for r in records if isinstance(r.get("kind"), str)})
         self._lengths: list[int] | None = None
 
     def __len__(self) -> int:
@@ -123,8 +125,9 @@ class SftSource:
             raise BadSample(f"{where}: {len(ids)} tokens with media expanded > max_length={self.max_length}")
         ids_t = torch.tensor(ids, dtype=torch.long)
         answer = next(m["content"] for m in messages if m["role"] == "assistant")  # the first answer, for logs
+        kind = record.get("kind")
         return {"ids": ids_t, "targets": sft_targets(ids_t, torch.tensor(mask)), "image": image, "mel": mel,
-                "task": record["task"], "answer": answer}
+                "task": record["task"], "kind": kind if isinstance(kind, str) else None, "answer": answer}
 
     def collate(self, samples: list[dict]) -> dict:
         """input_ids (B, T) right-padded with <pad>, targets (B, T) padded with IGNORE_INDEX; images (N, 3, S, S)
@@ -146,4 +149,4 @@ class SftSource:
                 mel[i, :m.shape[0]] = m
         return {"input_ids": input_ids, "targets": targets, "images": torch.stack(images) if images else None,
                 "mel": mel, "mel_lengths": mel_lengths, "tasks": [s["task"] for s in samples],
-                "answers": [s["answer"] for s in samples]}
+                "kinds": [s["kind"] for s in samples], "answers": [s["answer"] for s in samples]}
