@@ -1,6 +1,8 @@
 """Stage A end to end: train_text.py on a tiny config, SIGKILL at random moments + rerun == straight run, DDP."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -78,3 +80,21 @@ def test_two_process_gloo_ddp_trains_and_resumes(tmp_path, text_corpus):
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads((save / "summary.json").read_text())["step"] == 10
     assert "resumed at step 6" in (save / "training.log").read_text()
+
+
+def test_sigterm_to_the_whole_process_group_with_workers_checkpoints_and_exits_zero(tmp_path, text_corpus):
+    """As Ctrl-C in a terminal, Slurm or `kill -- -PGID` do: the DataLoader workers get the signal too."""
+    save = tmp_path / "run"
+    cmd = command(tmp_path, text_corpus, save, "train.num_workers=2")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    while proc.poll() is None and not list(save.glob("thinker_step_*.pt")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "SIGTERM received" in stderr and "rerun the same command to resume" in stderr
+    stopped = max(int(p.stem.rsplit("_", 1)[1]) for p in save.glob("thinker_step_*.pt"))
+    assert stopped < TINY["train"]["max_steps"]
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and f"resumed at step {stopped}" in again.stderr

@@ -282,7 +282,8 @@ class Run:
         workers = self.train.num_workers
         return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=self.device.type == "cuda",
                           generator=seed_worker_generator(self.train.seed, self.epoch),
-                          prefetch_factor=4 if workers else None, collate_fn=_identity)
+                          prefetch_factor=4 if workers else None, collate_fn=_identity,
+                          worker_init_fn=_leave_stop_signals_to_the_main_process if workers else None)
 
     def _count_samples(self, loaded) -> None:
         """Name every bad sample in the log as it is met; the fraction is checked per epoch."""
@@ -557,6 +558,14 @@ def _lock_run_dir(run_dir: Path):
 
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _leave_stop_signals_to_the_main_process(_worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM/SIGINT: a signal sent to the whole process group (Ctrl-C, Slurm, `kill --
+    -PGID`) would otherwise kill them and crash the main process before it can checkpoint. The main process stops
+    them when it is done; if it dies, they exit on their own (the DataLoader's parent watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _identity(x):
