@@ -65,6 +65,18 @@ class TrainConfig:
                 raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"train.max_steps must be >= 1, got {self.max_steps}")
+        if not self.lr > 0:  # also refuses NaN
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        for key in ("min_lr", "warmup_steps", "weight_decay", "grad_clip", "num_workers"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("effective_batch", "threads"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"train.{key} must be >= 1 or null, got {getattr(self, key)}")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"train.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"train.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
 
 
 class ConfigError(ValueError):
@@ -173,9 +185,30 @@ def load_config(cls, argv: list[str] | None = None, description: str | None = No
     args = parser.parse_args(argv)
     try:
         cfg = load_config_file(cls, args.config, args.set)
+        missing = missing_data_paths(cfg)
+        if missing:
+            raise ConfigError(f"{args.config}: data not found: " + ", ".join(missing))
     except (ConfigError, FileNotFoundError) as e:
         parser.exit(2, f"config error: {e}\n")
     return cfg, args
+
+
+DATA_PATH_KEYS = ("train_path", "val_path", "train_manifest", "val_manifest")  # inputs every stage reads
+
+
+def missing_data_paths(cfg, prefix: str = "") -> list[str]:
+    """'key=path' for each data input (DATA_PATH_KEYS) of `cfg` that does not exist, so a run stops before it
+    starts. A config with a `phase` other than "all" (Stage D) checks only the part of that name."""
+    phase = getattr(cfg, "phase", None)
+    missing = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            if phase in (None, "all") or f.name == phase:
+                missing += missing_data_paths(value, f"{prefix}{f.name}.")
+        elif f.name in DATA_PATH_KEYS and isinstance(value, str) and not Path(value).exists():
+            missing.append(f"{prefix}{f.name}={value}")
+    return missing
 
 
 def load_config_file(cls, path: str | Path, overrides: list[str] = ()):

@@ -52,6 +52,19 @@ class TextEncoderConfig:
     dropout: float = 0.0  # attention and residual dropout
     norm_eps: float = 1e-6  # RMSNorm epsilon
 
+    def __post_init__(self):
+        for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TextEncoderConfig.{name} must be >= 1, got {name}={getattr(self, name)}")
+        if self.vocab_size < 0:
+            raise ValueError(f"TextEncoderConfig.vocab_size must be >= 0 (0 = the tokenizer's), got {self.vocab_size}")
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"d_model={self.d_model} must split into n_heads={self.n_heads} heads of even size")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got dropout={self.dropout}")
+
 
 @dataclass
 class ContrastiveConfig:

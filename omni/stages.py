@@ -41,6 +41,8 @@ class TextStage:
     init_from: str | None = None  # weights of an earlier run (checkpoint file or run dir) for a fresh run
 
     def __post_init__(self):
+        if self.data.seq_len < 1:
+            raise ValueError(f"data.seq_len must be >= 1, got {self.data.seq_len}")
         if self.data.seq_len > self.model.max_seq_len:
             raise ValueError(f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})")
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from omni.atomic import atomic_file
+from omni.data.manifest import decode_line
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 IM_START, IM_END, IMAGE, AUDIO = "<|im_start|>", "<|im_end|>", "<image>", "<audio>"
@@ -42,12 +43,18 @@ _NEWLINE_PIECE = "<0x0A>"  # the byte-fallback piece of "\n"
 _MAX_SENTENCE_BYTES = 16384
 
 
-def _read_sentences(files: list[Path], counter: list[int]) -> Iterator[str]:
-    """Non-blank lines of the corpus files in order; counter[0] counts them (to tell an empty corpus)."""
+def _read_sentences(files: list[Path], counter: list) -> Iterator[str]:
+    """Non-blank lines of the corpus files in order; counter[0] counts them (to tell an empty corpus). Bytes that
+    are not UTF-8 end the iteration with the ValueError (naming file:line) appended to counter: raised through
+    SentencePiece it would come out as a RuntimeError wrapping a traceback."""
     for path in files:
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                line = line.rstrip("\r\n")
+        with path.open("rb") as f:
+            for line_no, raw in enumerate(f, start=1):
+                try:
+                    line = decode_line(raw, path, line_no).rstrip("\r\n")
+                except ValueError as e:
+                    counter.append(e)
+                    return
                 if line.strip():
                     counter[0] += 1
                     yield line
@@ -103,6 +110,8 @@ def train_tokenizer(
             minloglevel=1,  # warnings (e.g. skipped lines) stay visible, the per-iteration log does not
         )
     except RuntimeError as e:
+        if len(counter) > 1:
+            raise counter[1] from None
         msg = str(e)
         if counter[0] == 0:
             raise ValueError(f"train_tokenizer: corpus is empty (no non-blank lines) in: {names}") from None
@@ -117,6 +126,8 @@ def train_tokenizer(
                 f"{m.group(2)} (special tokens, 256 byte pieces and one piece per covered character)."
             ) from None
         raise RuntimeError(f"train_tokenizer: SentencePiece failed on {names}: {msg}") from e
+    if len(counter) > 1:  # the corpus was cut short by bytes that are not UTF-8
+        raise counter[1]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / TOKENIZER_FILE

@@ -211,7 +211,7 @@ def test_read_image_manifest_resolves_paths(shapes_dir, tmp_path):
     assert len(records) == 8 and all(load_image(r["image"]).size == (32, 32) for r in records)
     assert "attributes" in records[0] and label_names(records) == sorted({r["label"] for r in records})
     (tmp_path / "bad.jsonl").write_text('{"image": "a.png"}\n{"caption": "no image"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl record 2.*'image'"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: .*'image'"):
         read_image_manifest(tmp_path / "bad.jsonl")
 
 
@@ -244,7 +244,7 @@ def test_read_ocr_manifest(ocr_dir, tmp_path):
     records = read_ocr_manifest(out / "val.jsonl")
     assert len(records) == 6 and all(load_image(r["image"]).height == 32 for r in records)
     (tmp_path / "m.jsonl").write_text('{"image": "a.png", "text": 5}\n')
-    with pytest.raises(ValueError, match=r"m.jsonl record 1.*'text'"):
+    with pytest.raises(ValueError, match=r"m.jsonl:1: .*'text'"):
         read_ocr_manifest(tmp_path / "m.jsonl")
 
 

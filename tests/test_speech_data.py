@@ -85,7 +85,7 @@ def test_read_manifest_resolves_relative_paths(tmp_path):
     assert records == [{"audio": (tmp_path / "data" / "wavs" / "a.wav").resolve(), "text": "a cat", "duration": 1.0}]
     assert load_asr_records(manifest) == records
     manifest.write_text(json.dumps({"audio": "wavs/a.wav"}) + "\n")
-    with pytest.raises(ValueError, match=r"train\.jsonl record 1.*'text'"):
+    with pytest.raises(ValueError, match=r"train\.jsonl:1: .*'text'"):
         read_asr_manifest(manifest)
 
 

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps
 
 from omni.ctc import CharVocab, min_ctc_frames
-from omni.data.manifest import read_jsonl, require_keys, resolve
+from omni.data.manifest import read_jsonl_lines, require_keys, resolve
 from omni.data.resumable import BadSample
 
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP (Radford et al. 2021) RGB mean of [0, 1] pixels
@@ -70,9 +70,13 @@ def image_to_tensor(img: Image.Image, size: int) -> torch.Tensor:
     if (w, h) != (size, size):
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.BICUBIC)
         left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
+        if nw * nh <= 4 * size * size:
+            img = img.resize((nw, nh), Image.BICUBIC).crop((left, top, left + size, top + size))
+        else:  # a very long image (a 1 x 10000 sliver would resize to gigabytes): resize only the crop's source
+            # box, which gives the same pixels up to rounding
+            box = (left * w / nw, top * h / nh, (left + size) * w / nw, (top + size) * h / nh)
+            img = img.resize((size, size), Image.BICUBIC, box=box)
     x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
     mean = torch.tensor(IMAGE_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGE_STD).view(3, 1, 1)
@@ -98,9 +102,10 @@ def read_image_manifest(path: str | Path) -> list[dict]:
     """Records of an images manifest ({"image", "caption"?, "label"?, ...}); "image" becomes an absolute-or-
     manifest-relative resolved path string, other keys pass through."""
     records = []
-    for i, rec in enumerate(read_jsonl(path), start=1):
-        where = f"{path} record {i}"
+    for line_no, rec in read_jsonl_lines(path):
+        where = f"{path}:{line_no}"
         require_keys(rec, ("image",), where)
+        _require_str(rec, "image", where)
         for key in ("caption", "label"):
             if rec.get(key) is not None and not isinstance(rec[key], str):
                 raise ValueError(f"{where}: {key!r} must be a string, got {type(rec[key]).__name__}")
@@ -139,13 +144,18 @@ def read_coco_captions(annotations_json: str | Path, images_dir: str | Path) -> 
 def read_ocr_manifest(path: str | Path) -> list[dict]:
     """Records of an OCR manifest ({"image", "text"}) with "image" resolved against the manifest's folder."""
     records = []
-    for i, rec in enumerate(read_jsonl(path), start=1):
-        where = f"{path} record {i}"
+    for line_no, rec in read_jsonl_lines(path):
+        where = f"{path}:{line_no}"
         require_keys(rec, ("image", "text"), where)
-        if not isinstance(rec["text"], str):
-            raise ValueError(f"{where}: 'text' must be a string, got {type(rec['text']).__name__}")
+        _require_str(rec, "image", where)
+        _require_str(rec, "text", where)
         records.append({**rec, "image": str(resolve(path, rec["image"]))})
     return records
+
+
+def _require_str(record: dict, key: str, where: str) -> None:
+    if not isinstance(record[key], str):
+        raise ValueError(f"{where}: {key!r} must be a string, got {type(record[key]).__name__}")
 
 
 def label_names(records: Sequence[dict]) -> list[str]:

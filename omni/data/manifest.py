@@ -1,6 +1,7 @@
 """JSONL manifests: one JSON object per line, media paths relative to the manifest file.
 
 Errors name the file and line, because a researcher with a 100k-line manifest needs to know where to look.
+A UTF-8 byte-order mark and CRLF line endings are accepted; bytes that are not UTF-8 are an error naming file:line.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ def read_jsonl_lines(path: str | Path, what: str = "manifest") -> list[tuple[int
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            line = decode_line(raw, path, line_no)
             if not line.strip():
                 continue
             try:
@@ -34,6 +36,23 @@ def read_jsonl_lines(path: str | Path, what: str = "manifest") -> list[tuple[int
     if not records:
         raise ValueError(f"{what} {path} has no records")
     return records
+
+
+def decode_line(raw: bytes, path: str | Path, line_no: int) -> str:
+    """One line of a UTF-8 text file (a byte-order mark on line 1 is dropped); ValueError naming file:line when the
+    bytes are not UTF-8, instead of a bare UnicodeDecodeError that names neither."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = raw[e.start:e.start + 1]
+        raise ValueError(f"{path}:{line_no}: not UTF-8 text (byte {bad!r} at column {e.start + 1})") from None
+    return text.removeprefix("\ufeff") if line_no == 1 else text
+
+
+def read_text_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file without line endings (LF or CRLF); errors name file:line (see decode_line)."""
+    with Path(path).open("rb") as f:
+        return [decode_line(raw, path, n).rstrip("\r\n") for n, raw in enumerate(f, start=1)]
 
 
 def require_keys(record: dict, keys: tuple[str, ...], where: str) -> None:

@@ -32,7 +32,7 @@ from omni.audio import (
     mel_frames,
 )
 from omni.ctc import CharVocab, min_ctc_frames
-from omni.data.manifest import read_jsonl, require_keys, resolve
+from omni.data.manifest import read_jsonl_lines, read_text_lines, require_keys, resolve
 from omni.data.resumable import BadSample
 
 
@@ -55,10 +55,16 @@ def read_asr_manifest(path: str | Path) -> list[dict]:
     """Records of a JSONL ASR manifest; each line needs "audio" and "text", "duration" (seconds) is optional."""
     path = Path(path)
     records = []
-    for i, rec in enumerate(read_jsonl(path), start=1):
-        require_keys(rec, ("audio", "text"), f"{path} record {i}")
-        out = {"audio": resolve(path, rec["audio"]).resolve(), "text": str(rec["text"])}
+    for line_no, rec in read_jsonl_lines(path):
+        where = f"{path}:{line_no}"
+        require_keys(rec, ("audio", "text"), where)
+        for key in ("audio", "text"):
+            if not isinstance(rec[key], str):
+                raise ValueError(f"{where}: {key!r} must be a string, got {type(rec[key]).__name__} {rec[key]!r}")
+        out = {"audio": resolve(path, rec["audio"]).resolve(), "text": rec["text"]}
         if rec.get("duration") is not None:
+            if isinstance(rec["duration"], bool) or not isinstance(rec["duration"], (int, float)):
+                raise ValueError(f"{where}: 'duration' must be a number of seconds, got {rec['duration']!r}")
             out["duration"] = float(rec["duration"])
         records.append(out)
     return records
@@ -72,7 +78,7 @@ def read_librispeech(root: str | Path) -> list[dict]:
         raise ValueError(f"{root}: no */*/*.trans.txt files; expected a LibriSpeech split folder")
     records = []
     for trans in transcripts:
-        for line_no, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), start=1):
+        for line_no, line in enumerate(read_text_lines(trans), start=1):
             if not line.strip():
                 continue
             utt_id, _, text = line.strip().partition(" ")
@@ -90,7 +96,7 @@ def read_ljspeech(root: str | Path) -> list[dict]:
         raise ValueError(f"{root}: no metadata.csv; expected an LJSpeech folder")
     records = []
     # Split on "|" by hand: the transcripts contain quotes that would confuse a CSV parser.
-    for line_no, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(read_text_lines(meta), start=1):
         if not line.strip():
             continue
         fields = line.split("|")

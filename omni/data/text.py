@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from omni.atomic import atomic_file
+from omni.data.manifest import read_text_lines
 from omni.tokenizer import Tokenizer
 
 
@@ -21,14 +22,11 @@ def read_documents(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text corpus not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    text = "\n".join(read_text_lines(path))  # non-UTF-8 bytes: ValueError naming file:line
     docs = [" ".join(block.split()) for block in text.split("\n\n")]
     docs = [d for d in docs if d]
     if not docs:
-        raise ValueError(f"text corpus {path} is empty")
+        raise ValueError(f"text corpus {path} is empty (no non-blank text)")
     return docs
 
 
