@@ -65,6 +65,9 @@ if cfg.data.max_length > thinker_cfg.max_seq_len:
                      f"({thinker_cfg.max_seq_len})")
 
 # ---- model: stage weights, then the freeze flags
+# The projectors start random and the model is built before Run seeds: seed here, so that two fresh runs (or one
+# process and several under torchrun, where DDP copies rank 0's start) begin from the same projectors.
+torch.manual_seed(cfg.train.seed)
 model = OmniModel(cfg.model, thinker=thinker_cfg, audio=audio_cfg, vision=vision_cfg)
 try:
     model.load_stage_weights(thinker=thinker_file["model"], audio=audio_file and audio_file["model"],
@@ -118,7 +121,10 @@ for name, ps in groups.items():
     run.info(f"group {name}: {n:,} trainable parameters{rows}" + (f", peak lr {lrs[name]:g}" if n else " (frozen)"))
 run.info(f"media: {model.image_token_count if vision_cfg else 0} tokens per image ({cfg.model.image_tokens}), "
          f"audio at 12.5 tokens/s; val tasks {val_source.tasks}")
-model = run.setup(model, optimizer, train_set, find_unused_parameters=True)
+# A micro-batch without images (or audio) leaves that encoder and projector without gradients, which DDP must be
+# told to expect (a graph walk per step): needed only while a projector or an encoder trains.
+media_trains = not (cfg.freeze_projectors and cfg.freeze_audio_encoder and cfg.freeze_vision_encoder)
+model = run.setup(model, optimizer, train_set, find_unused_parameters=media_trains)
 
 
 def media(batch: dict) -> dict:

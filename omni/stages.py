@@ -321,3 +321,36 @@ class VocoderStage:
             # Warm-up steps step "disc" without gradients, which a GradScaler refuses (nothing was scaled).
             raise ValueError(f"mel_warmup_steps={self.mel_warmup_steps} does not work with train.precision=fp16 yet; "
                              "use bf16/fp32 or mel_warmup_steps=0")
+
+
+# Stage name -> config dataclass, and the config file name prefix of each (configs/thinker_tiny.json is "text").
+STAGE_CLASSES = {"text": TextStage, "audio": AudioStage, "vision": VisionStage, "ocr": OcrStage,
+                 "talker": TalkerStage, "vocoder": VocoderStage, "sft": SftStage}
+STAGE_OF_PREFIX = {"thinker": "text", "audio_enc": "audio", "vision": "vision", "ocr": "ocr", "talker": "talker",
+                   "vocoder": "vocoder", "omni_sft": "sft"}
+
+
+def detect_stage(data: dict, name: str = "") -> str:
+    """The stage of a config (its parsed JSON) from the keys only that stage has; the file name's prefix (`name`)
+    when the keys do not tell (a minimal config). Used by the config tools in scripts/."""
+    keys, model = set(data), data.get("model", {})
+    if keys & {"phase", "codec", "talker"}:
+        return "talker"
+    if keys & {"thinker_ckpt", "audio_ckpt", "vision_ckpt", "group_lr", "train_new_tokens"} or any(
+            k.startswith("freeze_") for k in keys):
+        return "sft"
+    if keys & {"adam_betas", "mel_warmup_steps"} or "upsample_rates" in model:
+        return "vocoder"
+    if {"encoder", "ctc_upsample"} & set(model):
+        return "audio"
+    if {"vision", "text", "objective", "embed_dim"} & set(model):
+        return "vision"
+    if "height" in model:
+        return "ocr"
+    if {"train_path", "seq_len"} & set(data.get("data", {})) or "max_seq_len" in model:
+        return "text"
+    for prefix, stage in STAGE_OF_PREFIX.items():
+        if name.startswith(prefix):
+            return stage
+    raise ValueError(f"{name or 'config'}: cannot tell the stage from its keys or name; give it explicitly "
+                     f"(one of {sorted(STAGE_CLASSES)})")

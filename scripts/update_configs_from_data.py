@@ -1,0 +1,180 @@
+"""Fit a stage config's schedule to its data: count the data, then set max_steps, warmup, eval and checkpoint cadence.
+
+    python scripts/update_configs_from_data.py configs/thinker_tiny.json [--epochs 3] [--data-dir /data/omni]
+                                               [--world-size 2] [--dry-run]
+
+Counts what the config's data paths point at: samples (manifest lines; for Stage A, seq_len windows of the
+tokenized corpus), text tokens (Stage A, with the run's tokenizer when it exists) and audio seconds (speech stages:
+the manifest's "duration" or the file header via soundfile.info, no samples read). Then, per training part (Stage D
+has two: codec and talker):
+
+    steps/epoch     = ceil(floor(samples / (batch_size x world_size)) / grad_accum)   (as omni.training.Run counts)
+    max_steps       = epochs x steps/epoch
+    warmup_steps    = round(warmup_frac x max_steps)
+    val_freq        = max(1, max_steps // evals)
+    checkpoint_freq = max(1, max_steps // checkpoints)
+
+--data-dir D rewrites every data path (train_path/val_path, train_manifest/val_manifest) to D/<folder>/<file>, the
+layout scripts/make_synthetic_datasets.py writes (data/text/train.txt -> D/text/train.txt), before counting.
+The changes are printed as a diff of dotted keys; --dry-run stops there. Otherwise the file is rewritten atomically
+(omni/atomic.py) as indented JSON, after the new values passed the stage's strict loader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+from pathlib import Path
+
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from omni.atomic import atomic_write_text  # noqa: E402
+from omni.config import from_dict  # noqa: E402
+from omni.data.manifest import read_jsonl_lines  # noqa: E402
+from omni.data.speech import load_asr_records  # noqa: E402
+from omni.data.text import read_documents  # noqa: E402
+from omni.stages import STAGE_CLASSES, detect_stage  # noqa: E402
+from omni.tokenizer import TOKENIZER_FILE, Tokenizer  # noqa: E402
+
+DATA_PATH_KEYS = ("train_path", "val_path", "train_manifest", "val_manifest")
+SPEECH_STAGES = ("audio", "talker", "vocoder")
+
+
+def parts(stage: str, cfg, raw: dict) -> dict[str, tuple]:
+    """Each separately trained part: prefix of its keys in the JSON -> (its raw dict, its resolved config)."""
+    if stage == "talker":
+        return {"codec.": (raw.setdefault("codec", {}), cfg.codec), "talker.": (raw.setdefault("talker", {}),
+                                                                                cfg.talker)}
+    return {"": (raw, cfg)}
+
+
+def audio_seconds(records: list[dict]) -> tuple[float, int]:
+    """Total seconds of the clips and how many could not be read (left out of the total)."""
+    total, unreadable = 0.0, 0
+    for r in records:
+        if r.get("duration") is not None:
+            total += r["duration"]
+            continue
+        try:
+            total += sf.info(str(r["audio"])).duration
+        except (sf.LibsndfileError, RuntimeError, OSError):
+            unreadable += 1
+    return total, unreadable
+
+
+def count_data(stage: str, part_cfg, tokenizer: str | None) -> dict:
+    """Samples (and tokens / audio seconds where they apply) of one part's training data."""
+    data = part_cfg.data
+    if stage == "text":
+        docs = read_documents(data.train_path)
+        tok_path = Path(tokenizer or data.tokenizer or Path(part_cfg.train.save_dir) / TOKENIZER_FILE)
+        if tok_path.is_file():  # the exact count train_text.py will see: BOS + pieces + EOS per document
+            tok = Tokenizer.load(tok_path)
+            tokens = sum(len(tok.encode(d, bos=True, eos=True)) for d in docs)
+            how = f"tokenized with {tok_path}"
+        else:  # before Stage A trained its tokenizer: ~1.3 pieces per word is typical of a small unigram vocab
+            tokens = round(1.3 * sum(len(d.split()) + 2 for d in docs))
+            how = f"ESTIMATED at 1.3 tokens/word (no tokenizer at {tok_path} yet; rerun after Stage A for exact)"
+        return {"documents": len(docs), "tokens": tokens, "samples": max(0, (tokens - 1) // data.seq_len),
+                "note": how}
+    if stage in SPEECH_STAGES:
+        records = load_asr_records(data.train_manifest)
+        seconds, unreadable = audio_seconds(records)
+        out = {"samples": len(records), "audio_seconds": round(seconds, 1), "audio_hours": round(seconds / 3600, 3)}
+        if unreadable:
+            out["unreadable_audio"] = unreadable
+        return out
+    return {"samples": len(read_jsonl_lines(data.train_manifest))}
+
+
+def schedule(train, samples: int, args) -> dict:
+    """The new train.* values for `samples` training samples (see the module docstring for the formulas)."""
+    per_step = train.batch_size * args.world_size
+    if train.effective_batch is not None:
+        accum = max(1, train.effective_batch // per_step)
+    else:
+        accum = train.grad_accum_steps
+    batches = samples // per_step  # Run drops the last partial global batch
+    if batches == 0:
+        raise SystemExit(f"{samples} training samples do not fill one global batch of {per_step}")
+    max_steps = max(1, round(args.epochs * math.ceil(batches / accum)))
+    return {"max_steps": max_steps, "warmup_steps": round(args.warmup_frac * max_steps),
+            "val_freq": max(1, max_steps // args.evals), "checkpoint_freq": max(1, max_steps // args.checkpoints)}
+
+
+def rewrite_paths(data: dict, data_dir: Path) -> None:
+    for key in DATA_PATH_KEYS:
+        if key in data:
+            old = Path(data[key])
+            data[key] = str(data_dir / old.parent.name / old.name)
+
+
+def diff(old, new, prefix: str = "") -> list[str]:
+    """Dotted-key lines `key: old -> new` for every leaf that changed or appeared."""
+    lines = []
+    for key in sorted(set(old) | set(new)) if isinstance(new, dict) else ():
+        a, b = old.get(key) if isinstance(old, dict) else None, new.get(key)
+        if isinstance(b, dict):
+            lines += diff(a if isinstance(a, dict) else {}, b, f"{prefix}{key}.")
+        elif a != b:
+            lines.append(f"{prefix}{key}: {json.dumps(a)} -> {json.dumps(b)}")
+    return lines
+
+
+def update(path: Path, args) -> tuple[dict, list[str]]:
+    """The new JSON of the config at `path` and its diff; prints the data counts."""
+    raw = json.loads(path.read_text())
+    stage = args.stage or detect_stage(raw, path.name)
+    cls = STAGE_CLASSES[stage]
+    new = copy.deepcopy(raw)
+    if args.data_dir is not None:  # the resolved paths, so defaults the JSON did not name are rewritten too
+        for part_raw, part_cfg in parts(stage, from_dict(cls, raw, str(path)), new).values():
+            paths = {k: getattr(part_cfg.data, k) for k in DATA_PATH_KEYS if hasattr(part_cfg.data, k)}
+            rewrite_paths(paths, args.data_dir)
+            part_raw.setdefault("data", {}).update(paths)
+    cfg = from_dict(cls, new, str(path))  # counting reads the resolved config, with the rewritten paths
+    for prefix, (part_raw, part_cfg) in parts(stage, cfg, new).items():
+        counts = count_data(stage, part_cfg, args.tokenizer)
+        print(f"{path} [{prefix or stage}] " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        part_raw.setdefault("train", {}).update(schedule(part_cfg.train, counts["samples"], args))
+    from_dict(cls, new, str(path))  # what is written must load
+    return new, diff(raw, new)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("configs", nargs="+", type=Path, help="stage config files to update")
+    parser.add_argument("--stage", choices=sorted(STAGE_CLASSES), help="the stage (default: detected from the keys)")
+    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the training data (default 1)")
+    parser.add_argument("--warmup-frac", type=float, default=0.05, help="warmup as a fraction of max_steps")
+    parser.add_argument("--evals", type=int, default=10, help="evaluations per run (sets val_freq)")
+    parser.add_argument("--checkpoints", type=int, default=20, help="checkpoints per run (sets checkpoint_freq)")
+    parser.add_argument("--world-size", type=int, default=1, help="processes the run will use (torchrun)")
+    parser.add_argument("--data-dir", type=Path, help="rewrite data paths to DATA_DIR/<folder>/<file>")
+    parser.add_argument("--tokenizer", help="Stage A: tokenizer.model to count tokens with")
+    parser.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
+    args = parser.parse_args(argv)
+    if args.epochs <= 0 or args.evals < 1 or args.checkpoints < 1 or args.world_size < 1:
+        parser.error("--epochs must be > 0 and --evals, --checkpoints, --world-size >= 1")
+    if not 0.0 <= args.warmup_frac < 1.0:
+        parser.error("--warmup-frac must be in [0, 1)")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    for path in args.configs:
+        new, lines = update(path, args)
+        print("\n".join(f"  {line}" for line in lines) or "  (no changes)")
+        if lines and not args.dry_run:
+            atomic_write_text(path, json.dumps(new, indent=2) + "\n")
+            print(f"  wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
