@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench lint clean-demo
+.PHONY: setup demo test bench lint clean-demo chaos
 
 # Install pinned requirements into .venv (re-runs only when a requirements file changes) and espeak-ng.
 setup: $(STAMP)
@@ -26,6 +26,11 @@ test: setup
 
 demo: setup
 	$(BIN)/python scripts/demo.py
+
+# Fault injection on every stage script: SIGKILL in a step / an evaluation / a checkpoint write and at random moments,
+# SIGTERM; each interrupted run must end bitwise identical to an uninterrupted one. CHAOS_ARGS="--stages text --kills 1"
+chaos: setup
+	$(BIN)/python scripts/chaos.py $(CHAOS_ARGS)
 
 bench: setup
 	$(BIN)/python scripts/bench.py

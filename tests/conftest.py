@@ -22,8 +22,6 @@ def _fixed_seeds():
 @pytest.fixture(scope="session")
 def text_corpus(tmp_path_factory) -> Path:
     """A small synthetic corpus folder with train.txt and val.txt."""
-    from omni.synthetic.text import write_text_corpus
+    from tests.stage_data import text_corpus
 
-    out = tmp_path_factory.mktemp("text")
-    write_text_corpus(out, seed=0, n_train_docs=600, n_val_docs=40)
-    return out
+    return text_corpus(tmp_path_factory.mktemp("text"))

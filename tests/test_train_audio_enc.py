@@ -16,8 +16,9 @@ import torch
 from omni.audio import SAMPLE_RATE, mel_frames
 from omni.components import read_stage_weights
 from omni.data.manifest import write_jsonl
-from omni.synthetic.speech import split_sentences, write_speech_dataset
+from omni.synthetic.speech import split_sentences
 from tests.conftest import REPO
+from tests.stage_data import asr_speech
 from tests.stage_helpers import kill_and_rerun_until_done
 
 TINY = {
@@ -54,11 +55,7 @@ def write_tone_dataset(out, *, n_train, n_val):
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory):
-    out = tmp_path_factory.mktemp("speech")
-    if shutil.which("espeak-ng") is None:
-        return write_tone_dataset(out, n_train=40, n_val=10)
-    write_speech_dataset(out, seed=0, n_train=40, n_val=10, workers=2)  # 10 steps per epoch at batch 4
-    return out
+    return asr_speech(tmp_path_factory.mktemp("speech"), n_train=40, n_val=10)  # 10 steps per epoch at batch 4
 
 
 def command(tmp_path, data, save_dir, *extra, config=TINY):

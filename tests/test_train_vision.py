@@ -10,12 +10,12 @@ import sys
 import pytest
 import torch
 
-from omni.config import from_dict, to_dict
+from omni.config import from_dict
 from omni.contrastive import ContrastiveConfig, ContrastiveModel
 from omni.synthetic.images import write_image_dataset
 from omni.thinker import Thinker, ThinkerConfig
-from omni.tokenizer import train_tokenizer
 from tests.conftest import REPO
+from tests.stage_data import stage_a_standin
 from tests.stage_helpers import kill_and_rerun_until_done
 
 TINY = {
@@ -40,13 +40,7 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stage_a(tmp_path_factory, text_corpus):
     """A Stage-A folder as train_text.py leaves it: tokenizer.model + thinker.pt {"model", "config", "tokenizer"}."""
-    out = tmp_path_factory.mktemp("thinker")
-    train_tokenizer([text_corpus / "train.txt"], out, vocab_size=400)
-    torch.manual_seed(0)
-    cfg = ThinkerConfig(vocab_size=400, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64, max_seq_len=64)
-    torch.save({"model": Thinker(cfg).state_dict(), "config": to_dict(cfg), "tokenizer": "tokenizer.model"},
-               out / "thinker.pt")
-    return out
+    return stage_a_standin(tmp_path_factory.mktemp("thinker"), text_corpus)
 
 
 def command(tmp_path, images, stage_a, save_dir, *extra, config=TINY):

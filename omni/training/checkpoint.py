@@ -7,6 +7,7 @@ renamed over the target, so a crash at any moment leaves the previous file intac
 
 from __future__ import annotations
 
+import errno
 import random
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from omni.atomic import atomic_file
+from omni.training import faults
 
 # Keys of a training checkpoint.
 MODEL = "model"  # state of the raw (uncompiled, unwrapped) module: everything, or only trainable parameters
@@ -40,6 +42,18 @@ def atomic_save(obj, path: str | Path) -> None:
     """torch.save through omni.atomic: readers see the old or the new file, never a torn one."""
     with atomic_file(path) as f:
         torch.save(obj, f)
+        if isinstance(obj, dict) and STEP in obj:
+            faults.point("checkpoint")  # no-op unless OMNI_FAULT=checkpoint@n (crash tests)
+
+
+def write_error(path: str | Path, e: OSError) -> str:
+    """Why writing `path` failed, in words: a full disk and a read-only folder are the usual causes."""
+    path = Path(path)
+    if e.errno == errno.ENOSPC:
+        return f"could not write {path}: the disk is full (no space left on device); free space and rerun"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"could not write {path}: permission denied, {path.parent} is not writable ({e.strerror})"
+    return f"could not write {path} ({type(e).__name__}: {e})"
 
 
 def load(path: str | Path, map_location="cpu") -> dict:

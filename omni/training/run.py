@@ -39,6 +39,7 @@ from omni.config import to_dict
 from omni.data.resumable import ResumableDataset, evaluation_batches, seed_worker_generator
 from omni.training import checkpoint as ckpt
 from omni.training import distributed as dist
+from omni.training import faults
 from omni.training.log import RunLogger
 from omni.training.schedule import restore_schedule, warmup_cosine
 
@@ -64,6 +65,13 @@ class Run:
             self._lock = _lock_run_dir(self.run_dir)
         dist.barrier()
         self.logger = RunLogger(self.run_dir, enabled=self.is_main, tensorboard=self.train.tensorboard)
+        if self.is_main:  # with the lock held, no write is in flight: temp files are leftovers of a crash
+            stale = list(self.run_dir.glob(".*.tmp"))
+            for path in stale:
+                path.unlink(missing_ok=True)
+            if stale:
+                self.info(f"removed {len(stale)} temporary file(s) left by a write that was interrupted: "
+                          + _short([p.name for p in stale]))
         self.accum = self._grad_accum_steps()
         self.amp_dtype = AMP_DTYPES[self.train.precision]
         if self.train.threads:
@@ -255,7 +263,9 @@ class Run:
 
     def _epochs(self, dataset: ResumableDataset):
         g = dataset.global_batch(self.world_size)
-        while self.step < self.max_steps:
+        # Also enter when resuming from a checkpoint taken at the last step of an epoch whose end-of-epoch
+        # bookkeeping (counters, epoch += 1, checkpoint) a crash cut off: the loop below then just ends that epoch.
+        while self.step < self.max_steps or self.samples_in_epoch >= dataset.num_batches(self.world_size) * g:
             dataset.set_position(epoch=self.epoch, skip_samples=self.samples_in_epoch, rank=self.rank,
                                  world_size=self.world_size)
             last = dataset.num_batches(self.world_size) - 1
@@ -342,6 +352,7 @@ class Run:
         if self._stepped != set(self.optimizers):
             return False
         self._stepped.clear()
+        faults.point("step")  # no-op unless OMNI_FAULT=step@n (crash tests)
         self._micro = 0
         self._boundary = False
         self.step += 1
@@ -419,6 +430,7 @@ class Run:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             metrics = evaluate()
+            faults.point("eval")  # no-op unless OMNI_FAULT=eval@n (crash tests)
         random.setstate(py_state)
         np.random.set_state(np_state)
         self.raw_model.train()
@@ -477,7 +489,9 @@ class Run:
         try:
             ckpt.atomic_save(state, target)
         except OSError as e:
-            raise RuntimeError(f"could not write checkpoint {target} ({e}); the previous checkpoint is intact") from e
+            previous = ckpt.step_checkpoints(self.run_dir, self.name)
+            kept = f"the previous checkpoint {previous[-1][1].name} is intact" if previous else "no checkpoint is lost"
+            raise RuntimeError(f"{ckpt.write_error(target, e)}; {kept}") from e
         if path is None:
             ckpt.prune(self.run_dir, self.name, self.train.keep_last)
 
@@ -497,7 +511,11 @@ class Run:
             self.save_checkpoint()
         if self.is_main:
             for filename, payload in final_weights.items():
-                ckpt.atomic_save(payload, self.run_dir / filename)
+                try:
+                    ckpt.atomic_save(payload, self.run_dir / filename)
+                except OSError as e:
+                    raise RuntimeError(f"{ckpt.write_error(self.run_dir / filename, e)}; the training checkpoints "
+                                       f"are intact: rerun to write the final weights again") from e
             summary = {"name": self.name, "step": self.step, "epoch": self.epoch, "metrics": self.last_eval["metrics"],
                        "best": self.best, "train_seconds": round(self.elapsed, 1), **self.counters}
             (self.run_dir / "summary.json").write_text(_json(summary))
