@@ -121,3 +121,29 @@ def test_stage_a_killed_in_step_eval_and_checkpoint_write_then_sigterm(tmp_path)
     assert result.identical_kill and result.identical_term, result.notes
     log = (tmp_path / "killed" / "training.log").read_text()
     assert "temporary file(s) left by a write that was interrupted" in log
+
+
+def test_an_unreadable_checkpoint_ahead_of_the_run_does_not_push_out_good_ones(tmp_path, straight):
+    """Pruning keeps the newest keep_last checkpoints up to the current step: a skipped unreadable file of a later
+    step is neither counted (it would have evicted step 6 here) nor deleted (the run overwrites it at step 10)."""
+    with pytest.raises(Crash):
+        train(tmp_path, crash_at=6)
+    (tmp_path / "toy_step_10.pt").write_bytes(os.urandom(256))
+    with pytest.raises(Crash):
+        train(tmp_path, crash_at=9)
+    assert sorted(s for s, _ in ckpt.step_checkpoints(tmp_path, "toy")) == [6, 8, 10]
+    assert train(tmp_path).step == 12
+    assert_same(straight, weights(tmp_path))
+
+
+def test_every_checkpoint_unreadable_stops_instead_of_starting_over(tmp_path, straight):
+    with pytest.raises(Crash):
+        train(tmp_path, crash_at=6)
+    for step in (4, 6):
+        (tmp_path / f"toy_step_{step}.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as e:
+        train(tmp_path)
+    assert "every checkpoint in" in str(e.value) and "toy_step_6.pt" in str(e.value) and "--force" in str(e.value)
+    assert (tmp_path / "toy_step_4.pt").read_bytes() == b"not a checkpoint"  # nothing deleted
+    assert train(tmp_path, force=True).step == 12  # --force starts over, beside them
+    assert_same(straight, weights(tmp_path))

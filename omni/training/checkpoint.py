@@ -91,9 +91,12 @@ def load_newest_valid(folder: str | Path, name: str, log=print) -> tuple[dict, P
     return None
 
 
-def prune(folder: str | Path, name: str, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` step checkpoints (the best checkpoint has its own name)."""
-    for _, path in step_checkpoints(folder, name)[:-keep_last]:
+def prune(folder: str | Path, name: str, keep_last: int, up_to_step: int | None = None) -> None:
+    """Delete all but the newest `keep_last` step checkpoints up to `up_to_step` (the best checkpoint has its own
+    name). Newer ones can only be unreadable files a resume skipped: they are neither counted (they would push out
+    the good ones) nor deleted (the run overwrites each when it reaches its step)."""
+    found = [(s, p) for s, p in step_checkpoints(folder, name) if up_to_step is None or s <= up_to_step]
+    for _, path in found[:-keep_last]:
         path.unlink(missing_ok=True)
 
 

@@ -166,6 +166,12 @@ class Run:
             return ckpt.load(mode)
         found = ckpt.load_newest_valid(self.run_dir, self.name, log=self.info)
         if found is None:
+            unreadable = [p.name for _, p in ckpt.step_checkpoints(self.run_dir, self.name)]
+            if unreadable and not self.force:  # never restart from step 0 silently over a run's progress
+                raise SystemExit(f"every checkpoint in {self.run_dir} is unreadable ({_short(unreadable)}); nothing "
+                                 "was deleted. Move them away, or rerun with --force to start this run from step 0")
+            if unreadable:
+                self.info(f"WARNING (--force): starting from step 0 beside unreadable {_short(unreadable)}")
             return None
         state, path = found
         if getattr(self.cfg, "init_from", None):
@@ -493,7 +499,7 @@ class Run:
             kept = f"the previous checkpoint {previous[-1][1].name} is intact" if previous else "no checkpoint is lost"
             raise RuntimeError(f"{ckpt.write_error(target, e)}; {kept}") from e
         if path is None:
-            ckpt.prune(self.run_dir, self.name, self.train.keep_last)
+            ckpt.prune(self.run_dir, self.name, self.train.keep_last, up_to_step=self.step)
 
     def _model_state(self) -> dict:
         if self.trainable_only:
