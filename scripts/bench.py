@@ -1,31 +1,58 @@
-"""Benchmarks: training throughput, peak memory and generation speed, measured (never asserted in tests).
+"""Benchmarks: training throughput, step time, peak memory and generation speed of every stage, measured (never
+asserted in tests).
 
-    python scripts/bench.py [--config configs/thinker_tiny.json] [--steps 10] [--device auto] [--json out.json]
+    python scripts/bench.py [--stages A B ...] [--config-dir configs] [--steps 3] [--device auto] [--json out.json]
 
-Stage A: training tokens/s at the config's batch and context with its precision, peak memory (CUDA: the
-allocator's peak; CPU: the process's max RSS), and greedy generation tokens/s with and without the KV cache.
-Random token ids stand in for data so only the model and optimizer are measured.
+Per stage (A thinker, B audio encoder/CTC, C vision contrastive, OCR, D codec, D talker, vocoder, E omni SFT) at
+its `<config-dir>/*_tiny.json` batch size and precision: one synthetic training step (omni/stage_bench.py: the
+stage's own model, AdamW and loss on random tensors of the stage's shapes) is warmed up, then timed for `--steps`
+steps (fewer when they exceed `--budget-s`; a warm-up step over the budget is itself the measurement).
+Reported: samples/s, tokens/s (Thinker, Talker, Stage E), step ms, peak memory (CUDA: the allocator's peak for
+that stage alone; CPU: the process's max RSS so far, which is process-wide and only grows, so a stage's number
+includes every stage before it).
+Stage A also gets: data ms (a real ResumableDataset + DataLoader batch fetch from a generated token memmap, the
+path train_text.py uses, in the main process; with train.num_workers > 0 it overlaps compute), Thinker MFU
+(6N + attention FLOPs per token x tokens/s / the device's peak dense bf16 FLOP/s; n/a on CPU or an unknown GPU),
+and greedy generation tokens/s with and without the KV cache.
+Resume: time from a fresh ResumableDataset positioned at sample 10^6 (of a 2 x 10^6-item source) to its first batch
+in hand, plain and length-bucketed, next to the same at sample 0 (equal times = O(1) in the skipped samples).
 TTS: real-time factor of omni.speech synthesize on CPU (compute seconds per second of audio), with demo
 checkpoints when present, else randomly initialised tiny models (the output says which).
 """
 
 import argparse
+import gc
 import json
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from omni.config import load_config_file  # noqa: E402
-from omni.stages import TextStage  # noqa: E402
-from omni.thinker import Thinker  # noqa: E402
-from omni.training import adamw  # noqa: E402
+from omni.data.resumable import ResumableDataset  # noqa: E402
+from omni.data.text import TokenWindows, open_tokens  # noqa: E402
+from omni.stage_bench import STAGES, StageStep, build_stage  # noqa: E402
 from omni.training.distributed import local_device  # noqa: E402
-from omni.training.run import AMP_DTYPES  # noqa: E402
+
+# Peak dense bf16 tensor FLOP/s by device name (substring of torch.cuda.get_device_name; first match wins).
+# RTX 3060: 25.6e12 is its bf16 rate with fp32 accumulation, which is what autocast matmuls use (the often quoted
+# 51e12 is fp16 with fp16 accumulation), so MFU there is against what training can actually reach.
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),
+    ("A100", 312e12),
+    ("RTX 3060", 25.6e12),
+)
+RESUME_SOURCE_ITEMS = 2_000_000
+RESUME_SKIP = 1_000_000
 
 
 def sync(device):
@@ -33,56 +60,151 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def peak_memory_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+def peak_flops(device) -> tuple[float | None, str]:
+    if device.type != "cuda":
+        return None, "cpu"
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None), name
+
+
+def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def bench_thinker(config: str, steps: int, device: torch.device) -> dict:
-    cfg = load_config_file(TextStage, config)
-    model = Thinker(cfg.model).to(device)
-    opt = adamw(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    amp = AMP_DTYPES[cfg.train.precision] if device.type == "cuda" else None
-    if cfg.train.grad_checkpointing:
-        model.set_gradient_checkpointing(True)
-    B, T = cfg.train.batch_size, cfg.data.seq_len
-    tokens = torch.randint(0, cfg.model.vocab_size, (B, T + 1), device=device)
-
-    def train_step():
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            _, loss = model(tokens[:, :-1], targets=tokens[:, 1:])
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(2):  # warm-up (allocator, kernels)
-        train_step()
-    sync(device)
+def time_steps(stage: StageStep, device, steps: int, budget_s: float) -> tuple[float, int]:
+    """(seconds per training step, timed steps) after one warm-up step (optimizer state, allocator, kernels).
+    A warm-up step that alone exceeds budget_s is the measurement (0 timed steps; slightly pessimistic): on a
+    small CPU the HiFi-GAN discriminators take a minute per step, and a second one would tell little more."""
     start = time.perf_counter()
-    for _ in range(steps):
-        train_step()
+    stage.step()
     sync(device)
-    step_s = (time.perf_counter() - start) / steps
-    result = {
-        "stage": "A thinker", "config": config, "device": str(device),
-        "params": sum(p.numel() for p in model.parameters()),
-        "batch": B, "seq_len": T, "train_step_s": step_s, "train_tokens_per_s": B * T / step_s,
-        "peak_memory_mb": peak_memory_mb(device),
-    }
-    model.eval()
-    prompt = tokens[:1, :16]
-    new = min(128, cfg.model.max_seq_len - 16)
+    warmup_s = time.perf_counter() - start
+    if warmup_s > budget_s:
+        return warmup_s, 0
+    times = []
+    while len(times) < steps and sum(times) < budget_s:
+        start = time.perf_counter()
+        stage.step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return sum(times) / len(times), len(times)
+
+
+def bench_stage(key: str, config_dir: str, device, *, steps: int, budget_s: float,
+                batch_size: int | None = None) -> dict:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    stage = build_stage(key, config_dir, device, batch_size=batch_size)
+    step_s, timed = time_steps(stage, device, steps, budget_s)
+    result = {"stage": key, "name": stage.name, "config": stage.config, "device": str(device),
+              "precision": stage.precision, "params": stage.params, "trainable": stage.trainable,
+              "batch": stage.batch, "shapes": stage.shapes, "timed_steps": timed, "step_ms": step_s * 1e3,
+              "samples_per_s": stage.batch / step_s,
+              "tokens_per_s": stage.tokens / step_s if stage.tokens else None}
+    if device.type == "cuda":
+        result["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        result["peak_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+    else:
+        result["peak_mb"] = max_rss_mb()  # process-wide and monotone (see the module docstring)
+    if key == "A":
+        result.update(thinker_extras(stage, device, step_s, steps))
+    del stage
+    gc.collect()
+    return result
+
+
+def thinker_extras(stage: StageStep, device, step_s: float, steps: int) -> dict:
+    """Stage A: MFU, the data path's batch fetch time and generation speed, on the benchmarked model."""
+    flops, device_name = peak_flops(device)
+    tokens_per_s = stage.tokens / step_s
+    out = {"flops_per_token": stage.flops_per_token, "device_name": device_name, "device_peak_flops": flops,
+           "mfu": stage.flops_per_token * tokens_per_s / flops if flops else None}
+    out["data_ms"] = data_fetch_ms(stage, device, steps)
+    model = stage.model.eval()
+    vocab, max_len = model.cfg.vocab_size, model.cfg.max_seq_len
+    prompt = torch.randint(0, vocab, (1, 16), device=device)
+    new = min(128, max_len - 16)
     for use_cache in (True, False):
         sync(device)
         start = time.perf_counter()
-        out = model.generate(prompt, max_new_tokens=new, use_cache=use_cache)
+        tokens = model.generate(prompt, max_new_tokens=new, use_cache=use_cache)
         sync(device)
-        result[f"generate_tokens_per_s_{'kv_cache' if use_cache else 'no_cache'}"] = out.shape[1] / (
+        out[f"generate_tokens_per_s_{'kv_cache' if use_cache else 'no_cache'}"] = tokens.shape[1] / (
             time.perf_counter() - start)
-    return result
+    return out
+
+
+def data_fetch_ms(stage: StageStep, device, batches: int) -> float:
+    """Milliseconds per batch to fetch a Stage-A batch through ResumableDataset + DataLoader from a token memmap
+    (random ids written to a temporary file: after tokenization, train_text.py reads exactly such a memmap) and
+    move it to the device. num_workers=0, so this is the cost a worker must hide behind each step."""
+    B, T = stage.shapes["tokens"]
+    vocab = stage.model.cfg.vocab_size
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "corpus.bin"
+        rng = np.random.default_rng(0)
+        rng.integers(0, vocab, (batches + 2) * B * T + 1, dtype=np.uint16).tofile(path)
+        dataset = ResumableDataset(TokenWindows(open_tokens(path, vocab), T), batch_size=B, seed=0)
+        loader = iter(DataLoader(dataset, batch_size=None, num_workers=0, collate_fn=lambda x: x))
+        next(loader)  # first batch pays the epoch permutation; steady state is what a worker sustains
+        start = time.perf_counter()
+        for _ in range(batches):
+            batch = next(loader).batch
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        sync(device)
+        return (time.perf_counter() - start) / batches * 1e3
+
+
+class IndexSource:
+    """A ResumableDataset source of n items whose item i is its own index: free to build at any length, and a batch
+    says which samples it holds. Counts item reads, so a resume can be checked to read only the batch it serves."""
+
+    def __init__(self, n: int):
+        self.n, self.reads = n, 0
+        self.lengths = np.arange(n) % 97  # varied lengths, for length bucketing
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        self.reads += 1
+        return {"index": torch.tensor(i)}
+
+    def collate(self, samples: list[dict]) -> dict:
+        return {"index": torch.stack([s["index"] for s in samples])}
+
+
+def first_batch_after(source, skip: int, *, batch_size: int, bucket_batches: int = 0, seed: int = 0,
+                      num_workers: int = 0):
+    """What a resume does: a fresh ResumableDataset set to `skip` samples into epoch 0, then the first batch out of
+    a DataLoader. Returns (LoadedBatch, seconds from construction to the batch in hand)."""
+    start = time.perf_counter()
+    dataset = ResumableDataset(source, batch_size=batch_size, seed=seed, bucket_batches=bucket_batches)
+    dataset.set_position(epoch=0, skip_samples=skip)
+    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity)
+    loaded = next(iter(loader))
+    return loaded, time.perf_counter() - start
+
+
+def _identity(x):
+    return x
+
+
+def bench_resume(batch_size: int, num_workers: int) -> dict:
+    """Time to the first batch after skipping RESUME_SKIP samples (and after 0, for comparison), plain (Stage A)
+    and with length bucketing over 8 batches (the audio/OCR/Talker/SFT stages)."""
+    source = IndexSource(RESUME_SOURCE_ITEMS)
+    out = {"stage": "resume", "source_items": RESUME_SOURCE_ITEMS, "skip": RESUME_SKIP, "batch": batch_size,
+           "num_workers": num_workers}
+    for label, bucket in (("plain", 0), ("bucketed", 8)):
+        for skip in (RESUME_SKIP, 0):
+            loaded, seconds = first_batch_after(source, skip, batch_size=batch_size, bucket_batches=bucket,
+                                                num_workers=num_workers)
+            out[f"{label}_skip_{skip}_s"] = seconds
+            if skip:
+                out[f"{label}_first_batch_index"] = loaded.index
+    return out
 
 
 TTS_SENTENCES = ("a red circle is next to the blue square", "seven green triangles", "the small boat is far away")
@@ -144,27 +266,81 @@ def bench_tts() -> dict:
             "rtf_hifigan_vocoder_only": hifigan_s / audio_s, "rtf_griffin_lim_vocoder_only": gl_s / audio_s}
 
 
+def fmt(value, spec: str = ",.1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def stage_extra(r: dict) -> str:
+    parts = [r["precision"], f"{r['timed_steps']} steps" if r["timed_steps"] else "warm-up step only"]
+    if r["stage"] == "A":
+        parts.append(f"MFU {r['mfu']:.1%}" if r["mfu"] is not None else "MFU n/a")
+        parts.append(f"gen {r['generate_tokens_per_s_kv_cache']:,.0f} tok/s KV, "
+                     f"{r['generate_tokens_per_s_no_cache']:,.0f} no cache")
+    if r["trainable"] != r["params"]:
+        parts.append(f"{r['trainable']:,} trainable")
+    return "; ".join(parts)
+
+
+def print_table(rows: list[dict], device) -> None:
+    header = ("stage", "params", "batch", "samples/s", "tokens/s", "step ms", "data ms", "peak MB", "extra")
+    lines = [header]
+    for r in rows:
+        lines.append((f"{r['stage']} {r['name']}", f"{r['params'] / 1e6:.2f}M", str(r["batch"]),
+                      fmt(r["samples_per_s"]), fmt(r["tokens_per_s"], ",.0f"), fmt(r["step_ms"], ",.0f"),
+                      fmt(r.get("data_ms"), ",.1f"), fmt(r["peak_mb"], ",.0f"), stage_extra(r)))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    print()
+    for i, line in enumerate(lines):
+        cells = [c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths))]
+        print(" | ".join(cells + [line[-1]]))
+        if i == 0:
+            print("-+-".join("-" * w for w in widths + [len("extra")]))
+    memory = ("CUDA allocator peak per stage" if device.type == "cuda"
+              else "CPU max RSS of the whole process so far (process-wide, includes earlier stages)")
+    print(f"device {device}, {torch.get_num_threads()} threads; peak MB = {memory}; data ms = Stage-A batch fetch "
+          "(ResumableDataset + DataLoader, main process)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/thinker_tiny.json")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--config-dir", default="configs", help="folder with the stages' *_tiny.json")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per stage (after one warm-up step)")
+    parser.add_argument("--budget-s", type=float, default=30.0,
+                        help="stop timing a stage after this many seconds (at least one timed step)")
+    parser.add_argument("--batch-size", type=int, default=None, help="override every stage's batch (smoke tests)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--no-tts", action="store_true", help="skip the TTS real-time-factor benchmark")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = local_device(args.device)
-    results = [bench_thinker(args.config, args.steps, device)]
-    for r in results:
-        print(f"\n{r['stage']} ({r['config']}, {r['device']}, {r['params']:,} params, "
-              f"batch {r['batch']} x {r['seq_len']})")
-        for key, value in r.items():
-            if key not in ("stage", "config", "device", "params", "batch", "seq_len"):
-                print(f"  {key:<34} {value:>14,.1f}" if isinstance(value, float) else f"  {key:<34} {value:>14}")
-    tts = bench_tts()
-    print(f"\n{tts['stage']} (CPU; {tts['source']})")
-    for key, value in tts.items():
-        if key not in ("stage", "source"):
-            print(f"  {key:<34} {value:>14,.3f}" if isinstance(value, float) else f"  {key:<34} {value:>14}")
-    results.append(tts)
+    torch.manual_seed(0)
+    rows = []
+    for key in args.stages:
+        print(f"benchmarking {key} ...", flush=True)
+        rows.append(bench_stage(key, args.config_dir, device, steps=args.steps, budget_s=args.budget_s,
+                                batch_size=args.batch_size))
+    print_table(rows, device)
+    from omni.stages import TextStage
+    text = load_config_file(TextStage, Path(args.config_dir) / "thinker_tiny.json")
+    # Stage A's own batch and workers, also under --batch-size: the resume cost depends on them, not on the model.
+    resume = bench_resume(text.train.batch_size, text.train.num_workers)
+    print(f"\nresume: first batch after skipping {RESUME_SKIP:,} of {RESUME_SOURCE_ITEMS:,} samples "
+          f"(batch {resume['batch']}, {resume['num_workers']} DataLoader workers)")
+    for label in ("plain", "bucketed"):
+        print(f"  {label:<9} {resume[f'{label}_skip_{RESUME_SKIP}_s']:.3f} s   (from sample 0: "
+              f"{resume[f'{label}_skip_0_s']:.3f} s)")
+    results = rows + [resume]
+    if not args.no_tts:
+        tts = bench_tts()
+        print(f"\n{tts['stage']} (CPU; {tts['source']})")
+        for key, value in tts.items():
+            if key not in ("stage", "source"):
+                print(f"  {key:<34} {value:>14,.3f}" if isinstance(value, float) else f"  {key:<34} {value:>14}")
+        results.append(tts)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
