@@ -180,7 +180,8 @@ def steps() -> list[Step]:
              lambda _: metric_rows("E sft", save_dir("omni_sft"), {
                  "mixed_acc": "mixed accuracy (held-out chats)", "em_image_qa": "exact match image QA",
                  "em_audio_qa": "exact match audio QA", "em_ocr_qa": "exact match OCR QA",
-                 "em_text": "exact match text"})),
+                 "em_text": "exact match text", **{f"em_image_qa/{k}": f"  image QA: {k} questions" for k in (
+                     "colour", "count", "position", "shape")}})),
         Step("OCR", train["ocr"], ("data ocr",),
              lambda _: metric_rows("OCR", save_dir("ocr"), {"val_cer": "OCR CER",
                                                            "val_exact_line_acc": "exact-line accuracy"})),
