@@ -102,8 +102,8 @@ def export_rows(_: str) -> list[tuple]:
     from omni.training.checkpoint import load
 
     exported = omni.load_exported(EXPORT_DIR)
-    present = json.loads((EXPORT_DIR / "config.json").read_text())["components_present"]
-    absent = json.loads((EXPORT_DIR / "config.json").read_text())["components_absent"]
+    export_config = json.loads((EXPORT_DIR / "config.json").read_text())
+    present, absent = export_config["components_present"], export_config["components_absent"]
     stage = load(save_dir("thinker") / "thinker.pt")
     reference = Thinker(ThinkerConfig(**stage["config"])).eval()
     reference.load_state_dict(stage["model"])
