@@ -280,5 +280,5 @@ def test_bad_samples_are_named_counted_and_limited(tmp_path, monkeypatch):
     assert run.counters["bad_samples"] == len(named) >= 1  # the run stopped mid-epoch and still reported
     assert "evaluation skipped 1 bad samples (not scored):\n  sample3.wav: unreadable" in log  # val set has #3
     monkeypatch.setattr(Regression, "bad", frozenset(range(0, 40, 3)))  # a third of the data
-    with pytest.raises(RuntimeError, match="max_bad_fraction"):
+    with pytest.raises(SystemExit, match="max_bad_fraction"):
         train(tmp_path / "b", max_steps=20)

@@ -313,8 +313,8 @@ class Run:
         bad, seen = self.counters["epoch_bad"], self.counters["epoch_seen"]
         if bad:
             self.info(f"epoch {self.epoch}: skipped {bad} bad samples of {seen} (named above)")
-        if bad > self.train.max_bad_fraction * max(1, seen):
-            raise RuntimeError(f"{bad} of {seen} samples of epoch {self.epoch} were bad (> train.max_bad_fraction="
+        if bad > self.train.max_bad_fraction * max(1, seen):  # a data problem, not a bug: no traceback (exit 1)
+            raise SystemExit(f"{bad} of {seen} samples of epoch {self.epoch} were bad (> train.max_bad_fraction="
                                f"{self.train.max_bad_fraction}); see 'skipped bad sample' lines in "
                                f"{self.logger.log_path}")
 
