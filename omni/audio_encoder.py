@@ -47,7 +47,7 @@ from omni.audio import (
     encoder_frames,
 )
 from omni.ctc import BLANK_ID
-from omni.layers import Block, RMSNorm, RotaryEmbedding
+from omni.layers import Block, RMSNorm, RotaryEmbedding, check_rotary_heads
 
 
 @dataclass
@@ -74,14 +74,7 @@ class AudioEncoderConfig:
         bad = {k: v for k, v in sizes.items() if v <= 0}
         if bad:
             raise ValueError(f"AudioEncoderConfig sizes must be positive, got {bad}")
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(
-                f"d_model={self.d_model} must split into n_heads={self.n_heads} heads of even size (rotary)"
-            )
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got dropout={self.dropout}")
+        check_rotary_heads(self.d_model, self.n_heads, self.n_kv_heads, self.dropout)
 
 
 def lengths_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:

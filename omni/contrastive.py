@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from omni.layers import Block, RMSNorm, RotaryEmbedding
+from omni.layers import Block, RMSNorm, RotaryEmbedding, check_rotary_heads
 from omni.vision_encoder import VisionConfig, VisionEncoder
 
 OBJECTIVES = ("contrastive", "classify")
@@ -58,12 +58,7 @@ class TextEncoderConfig:
                 raise ValueError(f"TextEncoderConfig.{name} must be >= 1, got {name}={getattr(self, name)}")
         if self.vocab_size < 0:
             raise ValueError(f"TextEncoderConfig.vocab_size must be >= 0 (0 = the tokenizer's), got {self.vocab_size}")
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"d_model={self.d_model} must split into n_heads={self.n_heads} heads of even size")
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got dropout={self.dropout}")
+        check_rotary_heads(self.d_model, self.n_heads, self.n_kv_heads, self.dropout)
 
 
 @dataclass

@@ -36,6 +36,18 @@ from torch import nn
 RoPE = tuple[torch.Tensor, torch.Tensor]
 
 
+def check_rotary_heads(d_model: int, n_heads: int, n_kv_heads: int, dropout: float | None = None) -> None:
+    """The attention shape every rotary transformer config needs (raises ValueError naming the values): d_model
+    splits into n_heads heads of even width (rotary rotates pairs), n_kv_heads divides n_heads (GQA), and the
+    dropout, when the config has one, is a probability below 1."""
+    if d_model % n_heads or (d_model // n_heads) % 2:
+        raise ValueError(f"d_model={d_model} must split into n_heads={n_heads} heads of even size (rotary)")
+    if n_heads % n_kv_heads:
+        raise ValueError(f"n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}")
+    if dropout is not None and not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got dropout={dropout}")
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learned scale, computed in float32 like HF Qwen3."""
 

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from omni.ctc import BLANK_ID
-from omni.layers import Block, RMSNorm, RotaryEmbedding
+from omni.layers import Block, RMSNorm, RotaryEmbedding, check_rotary_heads
 
 _STRIDES = ((2, 2), (2, 2), (2, 1))  # (height, width) stride of each conv layer
 
@@ -58,10 +58,7 @@ class OcrConfig:
                 raise ValueError(f"OcrConfig.{name} must be >= 1, got {name}={getattr(self, name)}")
         if self.height < 8:
             raise ValueError(f"height={self.height} is too small: the conv stack halves it three times")
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"d_model={self.d_model} must split into n_heads={self.n_heads} even head widths")
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+        check_rotary_heads(self.d_model, self.n_heads, self.n_kv_heads)
 
 
 class ConvFrontend(nn.Module):

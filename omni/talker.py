@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from omni.layers import Block, KVCache, RMSNorm, RotaryEmbedding, sample_next_token
+from omni.layers import Block, KVCache, RMSNorm, RotaryEmbedding, check_rotary_heads, sample_next_token
 
 IGNORE_INDEX = -100  # target of positions without loss (padding after END)
 
@@ -64,12 +64,7 @@ class TalkerConfig:
         bad = {k: getattr(self, k) for k in names if getattr(self, k) < 1}
         if bad:
             raise ValueError(f"TalkerConfig sizes must be >= 1, got {bad}")
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"d_model={self.d_model} must split into n_heads={self.n_heads} heads of even size")
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got dropout={self.dropout}")
+        check_rotary_heads(self.d_model, self.n_heads, self.n_kv_heads, self.dropout)
 
 
 def talker_targets(codes: torch.Tensor, code_lengths: torch.Tensor, codebook_size: int) -> torch.Tensor:
