@@ -10,6 +10,10 @@ Design choices
   the frame after the last one. There is no delay pattern: the codebooks of one frame are independent given the
   past, which is enough for K = 2 coarse codes at 12.5 Hz. Generation decides "end" from codebook 0 alone and
   samples the other codebooks among real codes only, so an emitted frame is always decodable.
+- Frame dropout (training only): each frame's input, the previous frame's codes, is replaced by the START input
+  with probability frame_dropout. Teacher forcing otherwise lets the model predict a frame mostly from the one
+  before it (neighbouring frames are alike), which it cannot rely on when it reads its own output; hidden inputs
+  make it read the text. Tacotron's always-on prenet dropout serves the same end (Shen et al. 2018).
 - Loss: cross entropy over speech positions only (frames 0..length, END included), averaged over every
   (frame, codebook) target; the text prefix and padding carry no loss.
 - Positions: text token i sits at i and speech frame j at text_length + j, per row. Padded text tokens are masked
@@ -57,6 +61,7 @@ class TalkerConfig:
     qk_norm: bool = True  # per-head RMSNorm on queries and keys
     norm_eps: float = 1e-6  # RMSNorm epsilon
     dropout: float = 0.0  # attention and residual dropout
+    frame_dropout: float = 0.0  # training only: chance that a frame's input (the previous codes) is hidden
 
     def __post_init__(self):
         names = ("text_vocab_size", "n_codebooks", "codebook_size", "d_model", "n_layers", "n_heads", "n_kv_heads")
@@ -65,6 +70,8 @@ class TalkerConfig:
         if bad:
             raise ValueError(f"TalkerConfig sizes must be >= 1, got {bad}")
         check_rotary_heads(self.d_model, self.n_heads, self.n_kv_heads, self.dropout)
+        if not 0 <= self.frame_dropout < 1:
+            raise ValueError(f"need 0 <= frame_dropout < 1, got frame_dropout={self.frame_dropout}")
 
 
 def talker_targets(codes: torch.Tensor, code_lengths: torch.Tensor, codebook_size: int) -> torch.Tensor:
@@ -195,7 +202,11 @@ class Talker(nn.Module):
         if code_lengths is None:
             code_lengths = torch.full((B,), n_frames, dtype=torch.long, device=codes.device)
         start = codes.new_full((B, 1, self.cfg.n_codebooks), self.start_id)
-        frames = self.embed_frames(torch.cat([start, codes], dim=1))  # frame j sees frame j-1's codes
+        inputs = torch.cat([start, codes], dim=1)  # frame j sees frame j-1's codes
+        if self.training and self.cfg.frame_dropout > 0:
+            hidden = torch.rand(inputs.shape[:2], device=inputs.device) < self.cfg.frame_dropout
+            inputs = inputs.masked_fill(hidden[..., None], self.start_id)
+        frames = self.embed_frames(inputs)
         x = torch.cat([self.text_embed(text_ids), frames], dim=1)
         positions, mask = self._prefix(text_ids, text_lengths, n_frames + 1)
         logits = self._logits(self._backbone(x, positions, mask, None)[:, T:])

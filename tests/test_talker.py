@@ -145,8 +145,28 @@ def test_validation_names_values():
         TalkerConfig(text_vocab_size=TEXT_V, n_heads=3, n_kv_heads=2)
     with pytest.raises(ValueError, match="codebook_size"):
         TalkerConfig(text_vocab_size=TEXT_V, codebook_size=0)
+    with pytest.raises(ValueError, match="frame_dropout=1"):
+        TalkerConfig(text_vocab_size=TEXT_V, frame_dropout=1.0)
     model = make_talker()
     with pytest.raises(ValueError, match="max_frames=13"):
         model.generate(batch()[0], max_frames=13)
     with pytest.raises(ValueError, match="text length 17"):
         model(torch.zeros(1, 17, dtype=torch.long), None, torch.zeros(1, 2, K, dtype=torch.long))
+
+
+def test_frame_dropout_hides_previous_codes_in_training_only():
+    text, text_lengths, codes, code_lengths = batch()
+    plain, dropping = make_talker(), make_talker(frame_dropout=0.5)
+    assert torch.equal(plain(text, text_lengths, codes, code_lengths)[0],
+                       dropping(text, text_lengths, codes, code_lengths)[0])  # eval: nothing hidden
+
+    dropping.train()  # dropout is 0, so frame dropout is the only randomness
+    torch.manual_seed(3)
+    logits, _ = dropping(text, text_lengths, codes, code_lengths)
+    torch.manual_seed(3)
+    hidden = torch.rand(codes.shape[0], codes.shape[1] + 1) < 0.5  # the draw forward makes: one per input frame
+    assert hidden[:, 1:].any() and not hidden[:, 1:].all()
+    # Input j is frame j-1's codes; hiding it is feeding START there instead.
+    shown = codes.masked_fill(hidden[:, 1:, None], V)
+    assert torch.allclose(logits, plain(text, text_lengths, shown, code_lengths)[0], atol=1e-6)
+    assert not torch.allclose(logits, plain(text, text_lengths, codes, code_lengths)[0], atol=1e-3)
