@@ -208,3 +208,27 @@ def test_write_speech_dataset(tmp_path):
     # Every rendered utterance is usable for CTC training as is.
     source = AsrSource(read_asr_manifest(tmp_path / "train.jsonl"), vocab=VOCAB)
     assert [source[i]["text"] for i in range(len(source))] == [r["text"] for r in train]
+
+
+@pytest.mark.skipif(not HAS_ESPEAK, reason="needs espeak-ng (make demo installs it)")
+def test_phrases_are_spoken_in_training_only_after_unchanged_sentences(tmp_path, monkeypatch):
+    monkeypatch.setattr(synth, "PHRASES", ("black", "top left"))
+    synth.write_speech_dataset(tmp_path / "plain", seed=3, n_train=4, n_val=2)
+    stats = synth.write_speech_dataset(tmp_path / "phrases", seed=3, n_train=4, n_val=2, phrase_repeats=2)
+
+    def read(name, split):
+        return [json.loads(line) for line in (tmp_path / name / f"{split}.jsonl").read_text().splitlines()]
+
+    train = read("phrases", "train")
+    assert stats["n_train"] == 8 and read("phrases", "val") == read("plain", "val")
+    assert train[:4] == read("plain", "train")  # same sentences, same voices, same files
+    assert [r["text"] for r in train[4:]] == ["black", "top left", "black", "top left"]
+
+
+def test_phrases_cover_every_image_answer():
+    """Stage E speaks its answers; the one-word ones about the shape images must be among the phrases."""
+    from omni.synthetic import images
+
+    answers = {*images.COLOURS, *images.SHAPES, *images.COUNT_WORDS.values(), *images.POSITIONS}
+    assert answers <= set(synth.PHRASES)
+    assert len(set(synth.PHRASES)) == len(synth.PHRASES)

@@ -6,6 +6,11 @@ nouns, verbs, adjectives and prepositions (about 120 words, a few contractions s
 random espeak-ng voice (accent + voice variant), speaking rate (words per minute) and pitch, so a model has to
 generalise across speakers rather than memorise one waveform per word.
 
+Phrases: besides the sentences, the training split speaks every entry of PHRASES (each word of the vocabulary
+alone, and the position and count words of the shape images) `phrase_repeats` times with random styles. Sentences
+alone never teach a model a word without its neighbours, and one-word answers ("black", "top left") are what the
+Talker says most in Stage E. Validation holds sentences only, so its metrics stay on unseen sentences.
+
 Splits: validation sentences are drawn first from their own random stream seeded by (seed, "val"), training
 sentences from (seed, "train") while skipping every validation sentence, so the two splits share no sentence
 (asserted) and the validation set does not change when n_train does. Sentences are unique within a split too.
@@ -64,6 +69,10 @@ VERBS = "see take find push pull move paint draw open hold like want carry drop 
 ADJECTIVES = "big small tall short old new happy little round bright dark soft hot cold fast slow".split()
 PREPOSITIONS = "on under near behind above beside inside below".split()
 NAMES = "anna ben clara david emma frank grace henry".split()
+# Where the shapes of `omni.synthetic.images` sit, and the count words "one" and "zero": SFT answers that the
+# sentences never say, spoken alone as phrases (below) so the ASR and the Talker know them.
+POSITIONS = ("top left", "top right", "centre", "bottom left", "bottom right")
+PHRASES = (*COLOURS, *SHAPES, "zero", "one", *NUMBERS, *NOUNS, *VERBS, *ADJECTIVES, *PREPOSITIONS, *NAMES, *POSITIONS)
 
 
 def _plural(word: str) -> str:
@@ -151,12 +160,14 @@ def write_speech_dataset(
     voices: tuple[str, ...] = DEFAULT_VOICES,
     rates: tuple[int, ...] = DEFAULT_RATES,
     pitches: tuple[int, ...] = DEFAULT_PITCHES,
+    phrase_repeats: int = 0,
     workers: int = 2,
 ) -> dict:
-    """Render n_train + n_val utterances into out_dir (layout in the module docstring); returns stats:
-    counts, total audio hours, bytes on disk and rendering seconds."""
-    if n_train < 0 or n_val < 0 or n_train + n_val == 0:
-        raise ValueError(f"need n_train >= 0, n_val >= 0 and at least one utterance, got {n_train=}, {n_val=}")
+    """Render n_train + n_val sentences and phrase_repeats x len(PHRASES) training phrases into out_dir (layout
+    in the module docstring); returns stats: counts, total audio hours, bytes on disk and rendering seconds."""
+    if n_train < 0 or n_val < 0 or phrase_repeats < 0 or n_train + n_val == 0:
+        raise ValueError(f"need n_train >= 0, n_val >= 0, phrase_repeats >= 0 and at least one sentence, got "
+                         f"{n_train=}, {n_val=}, {phrase_repeats=}")
     if not voices or not rates or not pitches:
         raise ValueError(f"voices, rates and pitches must be non-empty, got {voices=}, {rates=}, {pitches=}")
     espeak_binary()  # fail before doing any work
@@ -164,6 +175,8 @@ def write_speech_dataset(
     (out_dir / "wavs").mkdir(parents=True, exist_ok=True)
 
     train_sentences, val_sentences = split_sentences(seed=seed, n_train=n_train, n_val=n_val)
+    # Phrases come after the sentences, so the sentences and their styles do not depend on phrase_repeats.
+    train_sentences += list(PHRASES) * phrase_repeats
     jobs = []
     for split, sentences in (("train", train_sentences), ("val", val_sentences)):
         rng = random.Random(f"{seed}-{split}-voices")
