@@ -5,7 +5,7 @@ model, report the CER.
     synth = SpeechSynthesizer.from_checkpoints("checkpoints/talker_tiny", vocoder="checkpoints/vocoder_tiny")
     wav = synth.synthesize("a red circle")             # FloatTensor (N,) at omni.audio.SAMPLE_RATE
     python -m omni.speech --talker checkpoints/demo/talker --vocoder checkpoints/demo/vocoder \
-        --asr checkpoints/demo/audio_enc --manifest data/speech/val.jsonl --n 50 [--json out.json]
+        --asr checkpoints/demo/audio_enc --manifest data/speech/val.jsonl --n 50 [--phrases] [--json out.json]
 
 Design choices
 - Weights are the stages' final files (`talker.pt` with the `rvq_codec.pt` and `tokenizer.model` beside it,
@@ -16,6 +16,9 @@ Design choices
 - Decoding is greedy by default (deterministic, so the CER is reproducible); the Talker may stop early (END) or
   run to a length cap of `max_seconds_per_char` per input character, which bounds an untrained model's babble.
 - The CER compares normalised transcripts (omni.data.speech.normalize_transcript) summed over the corpus.
+- `--phrases` scores the one-word answers too (omni.synthetic.speech.PHRASES: "black", "top left", ...), apart from
+  the sentences: Stage E answers are mostly such words, and a Talker that reads sentences well can still babble
+  on a single word. The phrases are training texts of the synthetic sets, so that CER is not a held-out figure.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from omni.ctc import CharVocab, ctc_greedy_decode
 from omni.data.speech import load_asr_records, normalize_transcript
 from omni.data.tts import talker_text_ids
 from omni.metrics import char_error_counts, word_error_counts
+from omni.synthetic.speech import PHRASES
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer
 from omni.vocoder import griffin_lim
 
@@ -190,6 +194,8 @@ def main(argv=None) -> None:
     parser.add_argument("--asr", required=True, help="Stage-B run dir or audio_enc.pt")
     parser.add_argument("--manifest", default="data/speech/val.jsonl", help="held-out sentences (their text is used)")
     parser.add_argument("--n", type=int, default=50, help="the first N sentences of the manifest")
+    parser.add_argument("--phrases", action="store_true",
+                        help="also score the one-word answers of omni.synthetic.speech.PHRASES (key 'phrases')")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)
@@ -197,9 +203,13 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     synth = SpeechSynthesizer.from_checkpoints(args.talker, vocoder=args.vocoder)
     texts = [r["text"] for r in load_asr_records(args.manifest)[: args.n]]
-    result = intelligibility(synth, Transcriber.load(args.asr), texts)
+    asr = Transcriber.load(args.asr)
+    result = intelligibility(synth, asr, texts)
     print(f"tts->asr cer {result['cer']:.4f} wer {result['wer']:.4f} on {result['sentences']} sentences "
           f"({result['vocoder']}; {result['audio_seconds']:.1f} s of audio in {result['synth_seconds']:.1f} s)")
+    if args.phrases:
+        result["phrases"] = intelligibility(synth, asr, list(PHRASES))
+        print(f"tts->asr phrases cer {result['phrases']['cer']:.4f} on {len(PHRASES)} one-word answers")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
