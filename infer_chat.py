@@ -50,6 +50,9 @@ parser.add_argument("--vision_ckpt", help="Stage-C run dir or vision.pt (default
 parser.add_argument("--ocr_ckpt", help="OCR run dir or ocr.pt (needed for --ocr)")
 parser.add_argument("--talker_ckpt", help="Stage-D run dir: talker.pt, rvq_codec.pt (needed for --speak)")
 parser.add_argument("--vocoder_ckpt", help="vocoder run dir or hifigan.pt (missing: Griffin-Lim)")
+parser.add_argument("--griffin_lim", action="store_true",
+                    help="speak with Griffin-Lim even when HiFi-GAN weights are there (an under-trained HiFi-GAN, "
+                         "like the CPU demo's, is less intelligible)")
 parser.add_argument("--asr_ckpt", help="ASR for the --speak check (default: the audio encoder's CTC head)")
 parser.add_argument("--text", help="one-shot question (without it: interactive, one turn per stdin line)")
 parser.add_argument("--image", help="image file to ask about")
@@ -165,6 +168,8 @@ try:
         asr = Transcriber.load(args.asr_ckpt, device)
 except (ExportError, FileNotFoundError, ValueError, RuntimeError) as e:  # RuntimeError: unreadable file, shapes
     fail(str(e))
+if synth is not None and args.griffin_lim:
+    synth.vocoder = Vocoder()
 model.to(device).eval()
 if tokenizer.vocab_size != model.thinker.cfg.vocab_size:
     fail(f"{tokenizer.model_path} has {tokenizer.vocab_size} pieces, the Thinker {model.thinker.cfg.vocab_size}")

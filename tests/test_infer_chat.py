@@ -153,6 +153,8 @@ def test_export_runs_every_mode_and_answers_as_the_checkpoints_do(tiny, tmp_path
     assert "image tokens 4" in result.stderr  # the export keeps Stage E's pooled image-token mode
     assert "hifigan" in exported[1] and sf.info(tmp_path / "e.wav").samplerate == 16000
     assert " cer " in exported[2]
+    forced = ok(chat("--model_dir", root / "merged", "--text", "Hi", "--speak", tmp_path / "g.wav", "--griffin_lim"))
+    assert "griffin-lim" in forced[1]  # the exported HiFi-GAN is set aside on request
 
 
 def test_interactive_answers_each_line_until_exit(tiny):
