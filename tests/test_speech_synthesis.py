@@ -2,11 +2,13 @@
 generator), loading from the stages' final weights, and the TTS -> ASR CER."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
 from omni.audio_encoder import AsrModel, AudioEncoder, AudioEncoderConfig
+from omni import speech
 from omni.codec import Codec, CodecConfig
 from omni.ctc import CharVocab
 from omni.data.tts import talker_text_ids
@@ -92,13 +94,19 @@ def test_mismatched_parts_are_refused(parts):
         SpeechSynthesizer(tokenizer, talker, codec, Vocoder(wide))
 
 
-def test_transcriber_reads_stage_b_weights_and_cer_is_summed_over_the_corpus(tmp_path, parts):
+def write_asr(folder):
+    """A Stage-B audio_enc.pt with random tiny weights in folder."""
     vocab = CharVocab.from_texts(["abcdefghijklmnopqrstuvwxyz '"])
     encoder_cfg = AudioEncoderConfig(n_mels=16, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32,
                                      conv_channels=4)
     model = AsrModel(AudioEncoder(encoder_cfg), vocab_size=len(vocab), ctc_upsample=2)
     atomic_save({"model": model.state_dict(), "config": dataclasses.asdict(encoder_cfg), "vocab": vocab.to_list(),
-                 "ctc_upsample": 2, "n_mels": 16}, tmp_path / "audio_enc.pt")
+                 "ctc_upsample": 2, "n_mels": 16}, folder / "audio_enc.pt")
+    return vocab
+
+
+def test_transcriber_reads_stage_b_weights_and_cer_is_summed_over_the_corpus(tmp_path, parts):
+    vocab = write_asr(tmp_path)
     asr = Transcriber.load(tmp_path)
     hyps = asr.transcribe([0.1 * torch.randn(16000), torch.zeros(100)])
     assert len(hyps) == 2 and set(hyps[0]) <= set(vocab.to_list()) and hyps[1] == ""  # too short: nothing heard
@@ -114,3 +122,18 @@ def test_transcriber_reads_stage_b_weights_and_cer_is_summed_over_the_corpus(tmp
     assert result["wer"] == pytest.approx(2 / 5) and result["sentences"] == 2 and result["vocoder"] == "griffin-lim"
     assert result["samples"][0] == {"text": "a red circle", "asr": "a red circle",
                                     "seconds": pytest.approx(result["samples"][0]["seconds"])}
+
+
+def test_cli_scores_sentences_and_phrases_apart(tmp_path, parts, monkeypatch):
+    write_asr(tmp_path)
+    manifest = tmp_path / "val.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": f"{i}.wav", "text": t}) + "\n"
+                                for i, t in enumerate(["a red circle", "six boxes", "not read"])))
+    monkeypatch.setattr(speech, "PHRASES", ("black", "top left"))
+    speech.main(["--talker", str(parts[0]), "--asr", str(tmp_path), "--manifest", str(manifest), "--n", "2",
+                 "--phrases", "--json", str(tmp_path / "out.json")])
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["sentences"] == 2 and result["phrases"]["sentences"] == 2
+    assert [s["text"] for s in result["samples"]] == ["a red circle", "six boxes"]
+    assert [s["text"] for s in result["phrases"]["samples"]] == ["black", "top left"]
+    assert result["phrases"]["cer"] >= 0 and result["vocoder"] == "griffin-lim"
