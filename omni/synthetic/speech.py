@@ -164,7 +164,7 @@ def write_speech_dataset(
     workers: int = 2,
 ) -> dict:
     """Render n_train + n_val sentences and phrase_repeats x len(PHRASES) training phrases into out_dir (layout
-    in the module docstring); returns stats: counts, total audio hours, bytes on disk and rendering seconds."""
+    in the module docstring); returns stats: counts, total audio hours, files and bytes on disk, rendering seconds."""
     if n_train < 0 or n_val < 0 or phrase_repeats < 0 or n_train + n_val == 0:
         raise ValueError(f"need n_train >= 0, n_val >= 0, phrase_repeats >= 0 and at least one sentence, got "
                          f"{n_train=}, {n_val=}, {phrase_repeats=}")
@@ -177,34 +177,38 @@ def write_speech_dataset(
     train_sentences, val_sentences = split_sentences(seed=seed, n_train=n_train, n_val=n_val)
     # Phrases come after the sentences, so the sentences and their styles do not depend on phrase_repeats.
     train_sentences += list(PHRASES) * phrase_repeats
-    jobs = []
+    manifests: dict[str, list[dict]] = {"train": [], "val": []}
+    renders: dict[tuple, dict] = {}  # (text, voice, rate, pitch) -> the record whose file holds that rendering
     for split, sentences in (("train", train_sentences), ("val", val_sentences)):
         rng = random.Random(f"{seed}-{split}-voices")
         for i, text in enumerate(sentences):
             style = {"voice": rng.choice(voices), "rate": rng.choice(rates), "pitch": rng.choice(pitches)}
-            jobs.append((split, {"audio": f"wavs/{split}_{i:05d}.wav", "text": text, **style}))
+            # espeak-ng is deterministic, so a repeat in the same style (every phrase repeat of a one-voice set)
+            # shares the first one's file instead of rendering it again.
+            key = (text, style["voice"], style["rate"], style["pitch"])
+            manifests[split].append(renders.setdefault(key, {"audio": f"wavs/{split}_{i:05d}.wav", "text": text,
+                                                             **style}))
 
-    def render(job):
-        split, rec = job
+    def render(rec):
         wav = render_speech(rec["text"], voice=rec["voice"], rate=rec["rate"], pitch=rec["pitch"])
         sf.write(out_dir / rec["audio"], wav.numpy().astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
-        return split, {**rec, "duration": round(wav.shape[0] / SAMPLE_RATE, 3)}
+        rec["duration"] = round(wav.shape[0] / SAMPLE_RATE, 3)  # shared by every repeat of the record
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(render, jobs))
+        list(pool.map(render, renders.values()))
     seconds = time.perf_counter() - start
 
-    manifests = {"train": [r for s, r in results if s == "train"], "val": [r for s, r in results if s == "val"]}
     for split, records in manifests.items():
         write_jsonl(out_dir / f"{split}.jsonl", records)
-    audio_seconds = sum(r["duration"] for _, r in results)
-    n_bytes = sum((out_dir / r["audio"]).stat().st_size for _, r in results)
+    audio_seconds = sum(r["duration"] for records in manifests.values() for r in records)
+    n_bytes = sum((out_dir / r["audio"]).stat().st_size for r in renders.values())
     return {
         "n_train": len(manifests["train"]),
         "n_val": len(manifests["val"]),
         "audio_hours": audio_seconds / 3600,
-        "mean_duration_s": audio_seconds / len(results),
+        "mean_duration_s": audio_seconds / (len(manifests["train"]) + len(manifests["val"])),
+        "files": len(renders),
         "bytes": n_bytes,
         "render_seconds": seconds,
     }
