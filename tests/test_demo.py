@@ -56,5 +56,5 @@ def test_only_selects_whole_words_and_drops_needs_outside_the_selection(demo):
     assert names == ["E sft", "export"]
     export = next(s for s in demo.selected(demo.steps(), {"e", "export"}) if s.name == "export")
     assert export.needs == ("E sft",)
-    assert {s.name for s in demo.selected(demo.steps(), {"speech"})} == {"data speech", "D talker", "vocoder",
-                                                                          "D TTS>ASR"}
+    assert {s.name for s in demo.selected(demo.steps(), {"speech"})} == {"data speech", "data tts", "D talker",
+                                                                          "vocoder", "D TTS>ASR"}
