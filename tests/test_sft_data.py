@@ -50,6 +50,21 @@ def sft_data(tmp_path_factory):
     return make_sft_data(tmp_path_factory.mktemp("sftdata"), n_train=60, n_val=20)
 
 
+def test_conversations_ignore_phrase_clips(tmp_path):
+    """Phrase clips (one word, for the ASR and the Talker) leave the SFT set exactly as it was."""
+    plain, _ = make_sft_data(tmp_path, n_train=30, n_val=10)
+    speech_dir = write_fake_speech(tmp_path / "speech_phrases", n_train=12, n_val=6)
+    phrases = [{"audio": "wavs/train_00000.wav", "text": "black", "phrase": True}] * 5
+    with open(speech_dir / "train.jsonl", "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in phrases))
+    write_sft_dataset(tmp_path / "sft_phrases", images_dir=tmp_path / "images", speech_dir=speech_dir, seed=0,
+                      n_train=30, n_val=10, image_size=32)
+    for split in ("train", "val"):
+        # The same clips, from the other speech folder.
+        with_phrases = (tmp_path / "sft_phrases" / f"{split}.jsonl").read_text().replace("speech_phrases", "speech")
+        assert with_phrases == (plain / f"{split}.jsonl").read_text()
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory, text_corpus):
     return train_tokenizer([text_corpus / "train.txt"], tmp_path_factory.mktemp("tok"), vocab_size=400)

@@ -223,6 +223,7 @@ def test_phrases_are_spoken_in_training_only_after_unchanged_sentences(tmp_path,
     assert stats["n_train"] == 8 and read("phrases", "val") == read("plain", "val")
     assert train[:4] == read("plain", "train")  # same sentences, same voices, same files
     assert [r["text"] for r in train[4:]] == ["black", "top left", "black", "top left"]
+    assert all(r["phrase"] for r in train[4:]) and not any("phrase" in r for r in train[:4])
 
     one_voice = dict(voices=("en-us",), rates=(150,), pitches=(50,))
     stats = synth.write_speech_dataset(tmp_path / "one", seed=3, n_train=4, n_val=2, phrase_repeats=3, **one_voice)

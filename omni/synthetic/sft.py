@@ -171,7 +171,10 @@ def write_sft_dataset(out_dir: str | Path, *, images_dir: str | Path, speech_dir
         rng = random.Random(f"{seed}-{split}")
         nprng = np.random.default_rng([seed, 2 if split == "val" else 3])
         images = read_jsonl(images_dir / f"{split}.jsonl")
-        utterances = read_jsonl(Path(speech_dir) / f"{split}.jsonl") if speech_dir is not None else []
+        # Sentences only: the one-word phrase clips are there for the ASR and the Talker, and leaving them out keeps
+        # these conversations the same whatever the speech set's phrase_repeats.
+        utterances = [u for u in read_jsonl(Path(speech_dir) / f"{split}.jsonl") if not u.get("phrase")] \
+            if speech_dir is not None else []
         counts = _counts(n, mix)
         records = []
         turns = 1 if split == "val" else max_turns  # val asks one question, so each exact match is one answer

@@ -9,7 +9,8 @@ generalise across speakers rather than memorise one waveform per word.
 Phrases: besides the sentences, the training split speaks every entry of PHRASES (each word of the vocabulary
 alone, and the position and count words of the shape images) `phrase_repeats` times with random styles. Sentences
 alone never teach a model a word without its neighbours, and one-word answers ("black", "top left") are what the
-Talker says most in Stage E. Validation holds sentences only, so its metrics stay on unseen sentences.
+Talker says most in Stage E. Their records say "phrase": true. Validation holds sentences only, so its metrics
+stay on unseen sentences.
 
 Splits: validation sentences are drawn first from their own random stream seeded by (seed, "val"), training
 sentences from (seed, "train") while skipping every validation sentence, so the two splits share no sentence
@@ -176,6 +177,7 @@ def write_speech_dataset(
 
     train_sentences, val_sentences = split_sentences(seed=seed, n_train=n_train, n_val=n_val)
     # Phrases come after the sentences, so the sentences and their styles do not depend on phrase_repeats.
+    n_sentences = len(train_sentences)
     train_sentences += list(PHRASES) * phrase_repeats
     manifests: dict[str, list[dict]] = {"train": [], "val": []}
     renders: dict[tuple, dict] = {}  # (text, voice, rate, pitch) -> the record whose file holds that rendering
@@ -186,8 +188,9 @@ def write_speech_dataset(
             # espeak-ng is deterministic, so a repeat in the same style (every phrase repeat of a one-voice set)
             # shares the first one's file instead of rendering it again.
             key = (text, style["voice"], style["rate"], style["pitch"])
+            phrase = {"phrase": True} if split == "train" and i >= n_sentences else {}
             manifests[split].append(renders.setdefault(key, {"audio": f"wavs/{split}_{i:05d}.wav", "text": text,
-                                                             **style}))
+                                                             **style, **phrase}))
 
     def render(rec):
         wav = render_speech(rec["text"], voice=rec["voice"], rate=rec["rate"], pitch=rec["pitch"])
