@@ -170,7 +170,6 @@ def steps() -> list[Step]:
         Step("data text", [*data, "text"], words={"data"}),
         Step("data images", [*data, "images"], words={"data"}),
         Step("data speech", [*data, "speech"], words={"data"}),
-        Step("data tts", [*data, "tts"], words={"data", "speech"}),
         Step("A text", train["thinker"], ("data text",),
              lambda _: metric_rows("A text", save_dir("thinker"), {"val_ppl": "val perplexity"})),
         Step("data ocr", [*data, "ocr"], words={"data"}),
@@ -179,6 +178,9 @@ def steps() -> list[Step]:
              lambda _: metric_rows("C vision", save_dir("vision"), {"i2t_r1": "i2t R@1", "t2i_r1": "t2i R@1"})),
         Step("B audio", train["audio_enc"], ("data speech",),
              lambda _: metric_rows("B audio", save_dir("audio_enc"), {"val_cer": "val CER", "val_wer": "val WER"})),
+        # Only the Talker needs it: after B, so that neither A (the head of the longest chain) nor B (which E
+        # waits for) waits for it.
+        Step("data tts", [*data, "tts"], words={"data", "speech"}),
         Step("E sft", train["omni_sft"], ("A text", "B audio", "C vision", "data sft"),
              lambda _: metric_rows("E sft", save_dir("omni_sft"), {
                  "mixed_acc": "mixed accuracy (held-out chats)", "em_image_qa": "exact match image QA",
