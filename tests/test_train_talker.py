@@ -64,7 +64,7 @@ def tiny(speech, tokenizer_file, save, *, codec_steps=12, talker_steps=12):
                   "train": {**train, "max_steps": codec_steps, "val_freq": 3, "save_dir": str(save / "codec")}},
         "talker": {"model": {"text_vocab_size": 400, "n_codebooks": 2, "codebook_size": 16, "d_model": 16,
                              "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "d_ff": 32, "max_text_len": 64,
-                             "max_frames": 64, "dropout": 0.1},
+                             "max_frames": 64, "dropout": 0.1, "frame_dropout": 0.3},
                    "data": {**data, "tokenizer": str(tokenizer_file), "sample_sentences": 1},
                    "train": {**train, "max_steps": talker_steps, "val_freq": 4, "save_dir": str(save)}},
     }
