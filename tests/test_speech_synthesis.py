@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from omni.audio_encoder import AsrModel, AudioEncoder, AudioEncoderConfig
 from omni import speech
+from omni.audio_encoder import AsrModel, AudioEncoder, AudioEncoderConfig
 from omni.codec import Codec, CodecConfig
 from omni.ctc import CharVocab
 from omni.data.tts import talker_text_ids

@@ -315,8 +315,8 @@ class Run:
             self.info(f"epoch {self.epoch}: skipped {bad} bad samples of {seen} (named above)")
         if bad > self.train.max_bad_fraction * max(1, seen):  # a data problem, not a bug: no traceback (exit 1)
             raise SystemExit(f"{bad} of {seen} samples of epoch {self.epoch} were bad (> train.max_bad_fraction="
-                               f"{self.train.max_bad_fraction}); see 'skipped bad sample' lines in "
-                               f"{self.logger.log_path}")
+                             f"{self.train.max_bad_fraction}); see 'skipped bad sample' lines in "
+                             f"{self.logger.log_path}")
 
     def _end_epoch(self) -> None:
         if self._micro:  # the epoch's last micro-batches were all bad: step with what was accumulated
