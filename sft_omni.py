@@ -97,7 +97,8 @@ def source(split: str) -> SftSource:
     return SftSource(records[split], tokenizer=tokenizer, max_length=cfg.data.max_length,
                      image_size=vision_cfg and vision_cfg.image_size,
                      image_tokens=model.image_token_count if vision_cfg else 0,
-                     n_mels=audio_cfg and audio_cfg.n_mels, max_mel_frames=cfg.data.max_mel_frames)
+                     n_mels=audio_cfg and audio_cfg.n_mels, max_mel_frames=cfg.data.max_mel_frames,
+                     max_encoder_frames=audio_cfg and audio_cfg.max_frames)
 
 
 train_set = ResumableDataset(source("train"), batch_size=cfg.train.batch_size, seed=cfg.train.seed,

@@ -60,7 +60,7 @@ vocab = CharVocab.from_list(json.loads(vocab_file.read_text()))
 # ---- data
 def asr_source(records) -> AsrSource:
     return AsrSource(records, vocab=vocab, n_mels=cfg.model.encoder.n_mels, max_mel_length=cfg.data.max_mel_length,
-                     ctc_upsample=cfg.model.ctc_upsample)
+                     ctc_upsample=cfg.model.ctc_upsample, max_encoder_frames=cfg.model.encoder.max_frames)
 
 
 train_set = ResumableDataset(asr_source(train_records), batch_size=cfg.train.batch_size, seed=cfg.train.seed,
@@ -68,6 +68,9 @@ train_set = ResumableDataset(asr_source(train_records), batch_size=cfg.train.bat
 val_source = asr_source(val_records)
 run.info(f"data: {len(train_records)} training utterances, {len(val_records)} validation utterances, "
          f"{len(vocab) - 1} characters: {''.join(vocab.to_list())!r}")
+for split, source in (("training", train_set.source), ("validation", val_source)):
+    if source.normalization_summary:
+        run.info(f"WARNING: {split} data: {source.normalization_summary}")
 unscorable = [r["audio"].name for r in val_records if vocab.unknown_chars(normalize_transcript(r["text"]))]
 if unscorable:
     run.info(f"WARNING: {len(unscorable)} validation utterances use characters never seen in training and are not "

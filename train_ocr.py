@@ -48,7 +48,7 @@ if run.is_main:
 # ---- data
 def ocr_source(records) -> OcrSource:
     return OcrSource(records, vocab=vocab, height=cfg.model.height, max_width=cfg.data.max_width,
-                     width_stride=OcrModel.width_stride)
+                     width_stride=OcrModel.width_stride, max_frames=cfg.model.max_frames)
 
 
 train_set = ResumableDataset(ocr_source(train_records), batch_size=cfg.train.batch_size, seed=cfg.train.seed,

@@ -3,7 +3,12 @@
 Every stage that touches audio (ASR encoder, codec, vocoder, Talker evaluation) goes through these constants and
 functions, so "how many encoder frames does a 3.2 s clip give" has exactly one answer.
 
-- Loading uses soundfile (libsndfile: wav, flac, ogg, ...); torchaudio's loader needs torchcodec, which we avoid.
+- Loading uses soundfile (libsndfile: wav, flac, ogg, mp3, ...); torchaudio's loader needs torchcodec, which we
+  avoid. A cut or corrupt file must not pass as a shorter clip (it would no longer match its transcript):
+  libsndfile raises for a cut FLAC or Vorbis file, but decodes a cut MP3 or Opus file as far as it goes. So a clip
+  that decodes shorter than its header declares (MP3's Xing frame count) or than the manifest's `duration` by more
+  than `truncation_tolerance` (10% or 0.5 s, whichever is less, plus 50 ms for rounded durations and codec
+  framing) is an AudioError, and so is a WAV whose header declares more data than the file holds.
   Multichannel audio is mixed down to mono; other rates are resampled with `torchaudio.functional.resample`
   (windowed sinc), with one `Resample` module (and so one precomputed kernel) cached per source rate.
 - Log-mel: 16 kHz, 25 ms window (n_fft 400), 10 ms hop (160) -> 100 frames per second, Slaney mel scale and
@@ -47,33 +52,49 @@ ENCODER_FRAME_RATE = MEL_FRAME_RATE / ENCODER_SUBSAMPLING  # 12.5 encoder frames
 
 SILENCE_PEAK = 1e-4  # a clip whose peak |sample| is below this (~ -80 dBFS, ~3 LSB of 16-bit) counts as silent
 _WAV_STREAMING_SIZE = 0x7F000000  # data sizes at or above this are "unknown length" placeholders (piped WAVs)
+TRUNCATION_FRACTION = 0.1  # a clip may decode up to 10% shorter than declared ...
+TRUNCATION_SECONDS = 0.5  # ... or 0.5 s shorter, whichever is less: half a second is already a lost word
+TRUNCATION_SLACK_SECONDS = 0.05  # plus this, for durations rounded in a manifest and codec frame padding
 
 
 class AudioError(ValueError):
     """An audio file that cannot be used (unreadable, truncated, empty or silent); the message names the file."""
 
 
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, duration: float | None = None) -> torch.Tensor:
     """Read an audio file as mono float32 at `sample_rate`: FloatTensor (N,), values in [-1, 1].
 
-    Raises AudioError naming the file when it is unreadable, truncated, has no samples, or is silent.
+    duration: the clip's length in seconds as a manifest states it, if known. Raises AudioError naming the file
+    when it is unreadable, truncated (see the module docstring), has no samples, or is silent.
     """
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: audio file not found")
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            declared, rate = f.frames, f.samplerate
+            data = f.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise AudioError(f"{path}: cannot read audio ({e})") from None
     _check_wav_complete(path)
     if data.shape[0] == 0:
         raise AudioError(f"{path}: audio has no samples")
+    got = data.shape[0] / rate
+    for expected, source in ((declared / rate, "its header declares"), (duration, "the manifest's duration is")):
+        if expected is not None and expected - got > truncation_tolerance(expected):
+            raise AudioError(f"{path}: truncated or corrupt audio: decodes to {got:.2f} s but {source} "
+                             f"{expected:.2f} s")
     wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
     if not torch.isfinite(wav).all():
         raise AudioError(f"{path}: audio contains NaN or Inf samples")
     if wav.abs().max() < SILENCE_PEAK:
         raise AudioError(f"{path}: audio is silent (peak below {SILENCE_PEAK})")
     return resample(wav, rate, sample_rate)
+
+
+def truncation_tolerance(seconds: float) -> float:
+    """How much shorter than `seconds` a clip may decode before it counts as truncated (see the module docstring)."""
+    return min(TRUNCATION_FRACTION * seconds, TRUNCATION_SECONDS) + TRUNCATION_SLACK_SECONDS
 
 
 def _check_wav_complete(path: Path) -> None:

@@ -18,6 +18,7 @@ from omni.audio import (
     load_audio,
     mel_frames,
     spec_augment,
+    truncation_tolerance,
 )
 
 
@@ -130,6 +131,40 @@ def test_bad_audio_raises_error_naming_the_file(tmp_path, make):
         load_audio(path)
     assert str(path) in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_truncation_tolerance_is_10_percent_or_half_a_second():
+    assert truncation_tolerance(1.0) == pytest.approx(0.1 + 0.05)
+    assert truncation_tolerance(3.0) == pytest.approx(0.3 + 0.05)
+    assert truncation_tolerance(60.0) == pytest.approx(0.5 + 0.05)
+
+
+@pytest.mark.parametrize("stated, ok", [(1.0, True), (1.1, True), (1.2, False), (0.5, True), (30.0, False)])
+def test_load_audio_checks_the_stated_duration(tmp_path, stated, ok):
+    """A 1 s clip: a manifest duration up to 0.15 s longer is rounding or codec framing; more means it was cut. A
+    longer clip than stated is not a truncation (and is left to the length limits)."""
+    path = tmp_path / "one_second.wav"
+    sf.write(path, _sine(220, SAMPLE_RATE, 1.0), SAMPLE_RATE)
+    if ok:
+        assert load_audio(path, duration=stated).shape == (SAMPLE_RATE,)
+    else:
+        with pytest.raises(AudioError, match=rf"one_second\.wav: truncated or corrupt audio: decodes to 1\.00 s but "
+                                             rf"the manifest's duration is {stated:.2f} s"):
+            load_audio(path, duration=stated)
+
+
+@pytest.mark.parametrize("fmt, subtype", [("MP3", "MPEG_LAYER_III"), ("OGG", "OPUS"), ("OGG", "VORBIS"),
+                                         ("FLAC", None)])
+def test_load_audio_rejects_half_a_compressed_file(tmp_path, fmt, subtype):
+    """A partial download of each compressed format libsndfile writes: an error, given the true duration; the
+    complete file loads."""
+    path = tmp_path / f"clip.{fmt.lower()}"
+    sf.write(path, _sine(220, SAMPLE_RATE, 3.0) * np.linspace(0.5, 1.0, 3 * SAMPLE_RATE, dtype=np.float32),
+             SAMPLE_RATE, format=fmt, subtype=subtype)
+    assert abs(load_audio(path, duration=3.0).shape[0] - 3 * SAMPLE_RATE) < 0.05 * SAMPLE_RATE
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(AudioError, match=r"clip\.\w+: (truncated or corrupt audio|cannot read audio)"):
+        load_audio(path, duration=3.0)
 
 
 def _augment(mel, lengths):

@@ -33,7 +33,7 @@ from omni.audio import SAMPLE_RATE
 from omni.config import ConfigError, load_config, load_config_file
 from omni.ctc import CharVocab
 from omni.data.images import ImageSource, read_image_manifest, read_ocr_manifest
-from omni.data.manifest import read_jsonl_lines
+from omni.data.manifest import DataError, read_jsonl_lines
 from omni.data.resumable import BadSample
 from omni.data.sft import SftSource, read_sft_manifest
 from omni.data.speech import AsrSource, read_asr_manifest, read_librispeech
@@ -51,7 +51,7 @@ class Case:
     run: Callable  # (tmp_path) -> result; builds the input and feeds it where a user's data would go
     expect: str  # "error" | "skip" | "valid"
     match: str = ""  # error / skip: regex the message must contain (the file and line or key it names)
-    error: type = ValueError  # error: the exception type
+    error: type = DataError  # error: the exception type (DataError: a data file names its file:line)
     check: Callable | None = None  # valid: assertion on the result
 
 
@@ -84,12 +84,55 @@ def write_lines(path: Path, lines, *, newline="\n", encoding="utf-8") -> Path:
     return path
 
 
-def asr_item(tmp_path, name, make, text="a cat"):
-    """Write the audio `name` with make(path) (None: leave it missing), list it in a manifest, read item 0."""
+def asr_item(tmp_path, name, make, text="a cat", duration=None, **source_args):
+    """Write the audio `name` with make(path) (None: leave it missing), list it in a manifest (with `duration` when
+    given), read item 0 of an AsrSource(**source_args)."""
     if make is not None:
         make(tmp_path / name)
-    manifest = write_lines(tmp_path / "asr.jsonl", [{"audio": name, "text": text}])
-    return AsrSource(read_asr_manifest(manifest), vocab=VOCAB, n_mels=32)[0]
+    record = {"audio": name, "text": text} | ({"duration": duration} if duration is not None else {})
+    manifest = write_lines(tmp_path / "asr.jsonl", [record])
+    return AsrSource(read_asr_manifest(manifest), vocab=VOCAB, n_mels=32, **source_args)[0]
+
+
+def compressed(fmt, subtype, damage=None, seconds=3.0):
+    """A writer of a `seconds` long tone as fmt/subtype (libsndfile's encoders), then damaged: "cut" keeps the first
+    half of the bytes (a partial download), "middle" overwrites a sixth of the bytes a third of the way in."""
+    def make(path):
+        t = np.arange(int(SAMPLE_RATE * seconds)) / SAMPLE_RATE
+        wav = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+        sf.write(path, wav.astype(np.float32), SAMPLE_RATE, format=fmt, subtype=subtype)
+        data = bytearray(path.read_bytes())
+        if damage == "cut":
+            data = data[:len(data) // 2]
+        elif damage == "middle":
+            n = len(data)
+            data[n // 3:n // 3 + n // 6] = np.random.default_rng(0).integers(0, 256, n // 6, dtype=np.uint8).tobytes()
+        path.write_bytes(bytes(data))
+    return make
+
+
+def speech_clip_item(tmp_path, name, make, duration):
+    """Stage D / vocoder clips: item 0 of SpeechClips over a manifest line with `duration`."""
+    from omni.data.tts import SpeechClips
+
+    make(tmp_path / name)
+    manifest = write_lines(tmp_path / "clips.jsonl", [{"audio": name, "text": "a cat", "duration": duration}])
+    return SpeechClips(read_asr_manifest(manifest), n_mels=32)[0]
+
+
+def talker_item(tmp_path, tokenizer, seconds, max_frames):
+    """Stage D Talker: a clip through build_code_cache (a tiny untrained codec) and TalkerCodes, item 0."""
+    from omni.codec import Codec, CodecConfig
+    from omni.data.tts import TalkerCodes, build_code_cache
+
+    tone(tmp_path / "long.wav", seconds)
+    manifest = write_lines(tmp_path / "talk.jsonl", [{"audio": "long.wav", "text": "say hello"}])
+    codec = Codec(CodecConfig(n_mels=32, channels=8, latent_dim=4, codebook_size=8)).eval()
+    codec_file = tmp_path / "codec.pt"
+    torch.save(codec.state_dict(), codec_file)
+    cache = build_code_cache(read_asr_manifest(manifest), codec=codec, codec_file=codec_file, tokenizer=tokenizer,
+                             max_text_len=32, max_frames=max_frames, cache_dir=tmp_path, name="t", log=lambda m: None)
+    return TalkerCodes(cache)[0]
 
 
 def image_item(tmp_path, name, make, size=16):
@@ -143,12 +186,30 @@ def chat(user, answer="red"):
     return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
 
 
-def sft_item(tmp_path, tokenizer, record, max_length=64):
+def sft_item(tmp_path, tokenizer, record, max_length=64, **source_args):
     (tmp_path / "x.png").write_bytes(png_bytes())
+    tone(tmp_path / "x.wav")
     manifest = write_lines(tmp_path / "sft.jsonl", [record])
     source = SftSource(read_sft_manifest(manifest), tokenizer=tokenizer, max_length=max_length, image_size=16,
-                       image_tokens=16)
+                       image_tokens=16, n_mels=32, **source_args)
     return source[0]
+
+
+def ocr_item(tmp_path, width, **source_args):
+    """A 16-pixel-high OCR line `width` pixels wide through read_ocr_manifest and OcrSource, item 0."""
+    from omni.data.images import OcrSource
+
+    Image.new("L", (width, 16), 255).save(tmp_path / "line.png")
+    manifest = write_lines(tmp_path / "ocr.jsonl", [{"image": "line.png", "text": "a cat"}])
+    return OcrSource(read_ocr_manifest(manifest), vocab=VOCAB, height=16, **source_args)[0]
+
+
+def coco(tmp_path, images, annotations):
+    from omni.data.images import read_coco_captions
+
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations}))
+    return read_coco_captions(path, tmp_path)
 
 
 # Configs: written to a file and loaded as the stage scripts do.
@@ -239,6 +300,39 @@ CASES = [
     Case("audio-librispeech-not-utf8", lambda p: (p / "19/198").mkdir(parents=True) or read_librispeech(
         write_lines(p / "19/198/19-198.trans.txt", [b"19-198-0001 HELLO", b"19-198-0002 CAF\xc9"]).parents[2]),
          "error", r"19-198\.trans\.txt:2: not UTF-8"),
+    # cut / corrupt compressed audio: libsndfile reads a cut MP3 or Opus file as a shorter clip without an error
+    Case("audio-mp3-cut-in-half", lambda p: asr_item(p, "cut.mp3", compressed("MP3", "MPEG_LAYER_III", "cut"),
+                                                     duration=3.0),
+         "skip", r"cut\.mp3: truncated or corrupt audio: decodes to 1\.\d\d s but its header declares 3\.00 s"),
+    Case("audio-mp3-corrupt-middle", lambda p: asr_item(p, "mid.mp3", compressed("MP3", "MPEG_LAYER_III", "middle")),
+         "skip", r"mid\.mp3: truncated or corrupt audio: .* header declares 3\.00 s"),  # caught without a duration
+    Case("audio-opus-cut-in-half", lambda p: asr_item(p, "cut.opus", compressed("OGG", "OPUS", "cut"), duration=3.0),
+         "skip", r"cut\.opus: truncated or corrupt audio: decodes to \d\.\d\d s but the manifest's duration is 3\.00"),
+    Case("audio-vorbis-cut-in-half", lambda p: asr_item(p, "cut.ogg", compressed("OGG", "VORBIS", "cut"),
+                                                        duration=3.0), "skip", r"cut\.ogg: cannot read audio"),
+    Case("audio-flac-cut-in-half", lambda p: asr_item(p, "cut.flac", compressed("FLAC", None, "cut"), duration=3.0),
+         "skip", r"cut\.flac: cannot read audio"),
+    Case("audio-opus-cut-stage-d-clip", lambda p: speech_clip_item(p, "cut.opus", compressed("OGG", "OPUS", "cut"),
+                                                                   3.0),
+         "skip", r"cut\.opus: truncated or corrupt audio"),
+    Case("audio-mp3-complete", lambda p: asr_item(p, "ok.mp3", compressed("MP3", "MPEG_LAYER_III"), duration=3.0),
+         "valid", check=lambda s: s["mel"].shape[0] >= 300 * 0.95),
+    Case("audio-opus-complete-rounded-duration", lambda p: asr_item(p, "ok.opus", compressed("OGG", "OPUS", None, 2.96),
+                                                                    duration=3.0), "valid",  # 40 ms off is rounding
+         check=lambda s: s["mel"].shape[0] > 290),
+    # longer than the audio encoder's max_frames (its rotary table): skipped, not cropped (the transcript would
+    # no longer match)
+    Case("audio-longer-than-encoder-max-frames", lambda p: asr_item(p, "long.wav", tone, max_encoder_frames=5),
+         "skip", r"long\.wav: 0\.5 s of audio gives 7 encoder frames > the audio encoder's max_frames=5"),
+    Case("audio-longer-than-talker-max-frames", lambda p, tokenizer: talker_item(p, tokenizer, 1.0, max_frames=4),
+         "skip", r"long\.wav: 13 code frames exceed the Talker's max_frames=4"),
+    # normalisation that would strip most of a transcript (digits, non-Latin letters, symbols are not spoken a-z)
+    Case("audio-transcript-mostly-digits", lambda p: asr_item(p, "ok.wav", tone, text="Room 10125"),
+         "skip", r"asr\.jsonl:1: .*ok\.wav: normalisation removes 5 of 9 characters .*'digits': 5.* -> 'room'"),
+    Case("audio-transcript-non-latin", lambda p: asr_item(p, "ok.wav", tone, text="привет cat"),
+         "skip", r"asr\.jsonl:1: .*ok\.wav: normalisation removes 6 of 9 characters .*'letters': 6.* -> 'cat'"),
+    Case("audio-transcript-some-digits", lambda p: asr_item(p, "ok.wav", tone, text="a cat 42"),  # 2 of 6: kept
+         "valid", check=lambda s: s["text"] == "a cat"),
 
     # ---- images: through an image manifest line and ImageSource (16 x 16)
     Case("image-corrupt", lambda p: image_item(p, "cut.png", lambda f: f.write_bytes(png_bytes(size=(64, 64))[:60])),
@@ -264,13 +358,28 @@ CASES = [
          check=lambda r: r[0]["image"].shape == (3, 32, 32) and torch.isfinite(r[0]["image"]).all()
          and r[1] < 100_000),
     Case("image-path-not-a-string", lambda p: read_image_manifest(write_lines(p / "img.jsonl", [
-        {"image": "a.png"}, {"image": 7}])), "error", r"img\.jsonl:2: 'image' must be a string"),
+        {"image": "a.png"}, {"image": 7}])),
+         "error", r"img\.jsonl:2: 'image' must be a non-empty string \(a file path\), got int 7"),
+    Case("image-label-is-object", lambda p: read_image_manifest(write_lines(p / "img.jsonl", [
+        {"image": "a.png", "label": {}}])), "error", r"img\.jsonl:1: 'label' must be a string, got dict \{\}"),
+    Case("image-coco-caption-is-number", lambda p: coco(p, [{"id": 1, "file_name": "a.jpg"}], [
+        {"image_id": 1, "caption": "a cat"}, {"image_id": 1, "caption": 12345}]),
+         "error", r"captions\.json: annotations\[1\]: 'caption' must be a string, got int 12345"),
+    Case("image-coco-image-id-is-list", lambda p: coco(p, [{"id": 1, "file_name": "a.jpg"}], [
+        {"image_id": [1], "caption": "a cat"}]),
+         "error", r"captions\.json: annotations\[0\]: 'image_id' must be an integer or a string, got list"),
+    Case("image-ocr-text-is-number", lambda p: read_ocr_manifest(write_lines(p / "ocr.jsonl", [
+        {"image": "a.png", "text": 12345}])), "error", r"ocr\.jsonl:1: 'text' must be a string, got int 12345"),
+    Case("image-ocr-line-wider-than-model", lambda p: ocr_item(p, 200, max_frames=8),  # 200 px = 50 frames
+         "skip", r"line\.png: the 200-pixel-wide line gives 50 frames > the OCR model's max_frames=8"),
+    Case("image-ocr-wide-line-squeezed-by-max-width", lambda p: ocr_item(p, 200, max_width=32, max_frames=8),
+         "valid", check=lambda s: s["image"].shape == (1, 16, 32)),
 
     # ---- text corpora (Stage A): read_documents and tokenizer training
     Case("text-empty-file", lambda p: read_documents(write_lines(p / "empty.txt", [])),
-         "error", r"text corpus .*empty\.txt is empty"),
+         "error", r"text corpus .*empty\.txt is empty", ValueError),
     Case("text-whitespace-only", lambda p: read_documents(write_lines(p / "blank.txt", ["  ", "\t", "", " "])),
-         "error", r"text corpus .*blank\.txt is empty"),
+         "error", r"text corpus .*blank\.txt is empty", ValueError),
     Case("text-not-utf8", lambda p: read_documents(write_lines(p / "latin1.txt", ["hello", "", "caf\xe9"],
                                                                encoding="latin-1")),
          "error", r"latin1\.txt:3: not UTF-8"),
@@ -288,6 +397,22 @@ CASES = [
          "error", r"m\.jsonl:3: missing key\(s\) \['text'\]"),
     Case("manifest-empty", lambda p: read_asr_manifest(write_lines(p / "m.jsonl", ["", "  "])),
          "error", r"manifest .*m\.jsonl has no records"),
+    Case("manifest-audio-is-list", lambda p: read_asr_manifest(write_lines(p / "m.jsonl", [
+        {"audio": "a.wav", "text": "x"}, {"audio": ["a.wav", "b.wav"], "text": "x"}])),
+         "error", r"m\.jsonl:2: 'audio' must be a non-empty string \(a file path\), got list \['a\.wav', 'b\.wav'\]"),
+    Case("manifest-audio-empty-string", lambda p: read_asr_manifest(write_lines(p / "m.jsonl", [
+        {"audio": "", "text": "x"}])), "error", r"m\.jsonl:1: 'audio' must be a non-empty string"),
+    Case("manifest-duration-NaN", lambda p: read_asr_manifest(write_lines(p / "m.jsonl", [  # Python's json reads NaN
+        '{"audio": "a.wav", "text": "x", "duration": NaN}'])),
+         "error", r"m\.jsonl:1: 'duration' must be a finite number of seconds > 0, got float nan"),
+    Case("manifest-duration-Infinity", lambda p: read_asr_manifest(write_lines(p / "m.jsonl", [
+        '{"audio": "a.wav", "text": "x", "duration": Infinity}'])), "error", r"m\.jsonl:1: 'duration' .*got float inf"),
+    Case("manifest-duration-string", lambda p: read_asr_manifest(write_lines(p / "m.jsonl", [
+        {"audio": "a.wav", "text": "x", "duration": "3"}])), "error", r"m\.jsonl:1: 'duration' .*got str '3'"),
+    Case("manifest-duration-negative", lambda p: read_asr_manifest(write_lines(p / "m.jsonl", [
+        {"audio": "a.wav", "text": "x", "duration": -1.5}])), "error", r"m\.jsonl:1: 'duration' .*got float -1\.5"),
+    Case("manifest-text-is-number", lambda p: read_asr_manifest(write_lines(p / "m.jsonl", [
+        {"audio": "a.wav", "text": 12345}])), "error", r"m\.jsonl:1: 'text' must be a string, got int 12345"),
     Case("manifest-bom-crlf", lambda p: read_image_manifest(write_lines(p / "m.jsonl", [
         "\ufeff" + json.dumps({"image": "a.png", "caption": "one"}), {"image": "b.png", "caption": "two"}],
         newline="\r\n")), "valid", check=lambda r: [x["caption"] for x in r] == ["one", "two"]),
@@ -305,6 +430,23 @@ CASES = [
     Case("sft-too-long-after-media", lambda p, tokenizer: sft_item(p, tokenizer, LONG_QUESTION, max_length=len(
         tokenizer.encode_chat(LONG_QUESTION["messages"])[0]) + 1),  # fits as text, not with the 16 image tokens
          "skip", r"sft\.jsonl:1: \d+ tokens with media expanded > max_length=\d+"),
+    Case("sft-audio-longer-than-encoder-max-frames", lambda p, tokenizer: sft_item(p, tokenizer, {
+        "messages": chat("<audio> what word"), "audio": "x.wav"}, max_length=128, max_encoder_frames=2),
+         "skip", r"sft\.jsonl:1: .*x\.wav: 0\.5 s of audio gives 7 encoder frames > the audio encoder's max_frames=2"),
+    Case("sft-audio-cut-short-of-duration", lambda p, tokenizer: sft_item(p, tokenizer, {
+        "messages": chat("<audio> what word"), "audio": "x.wav", "duration": 2.0}, max_length=128),
+         "skip", r"sft\.jsonl:1: .*x\.wav: truncated or corrupt audio: decodes to 0\.50 s but the manifest's "
+                 r"duration is 2\.00 s"),
+    Case("sft-task-is-number", lambda p, tokenizer: sft_item(p, tokenizer, {"messages": chat("hi"), "task": 5}),
+         "error", r"sft\.jsonl:1: 'task' must be a string, got int 5"),
+    Case("sft-image-is-number", lambda p, tokenizer: sft_item(p, tokenizer, {
+        "messages": chat("<image> what colour"), "image": 5}),
+         "error", r"sft\.jsonl:1: 'image' must be a non-empty string \(a file path\), got int 5"),
+    Case("sft-audio-is-list", lambda p, tokenizer: sft_item(p, tokenizer, {
+        "messages": chat("<audio> what"), "audio": ["x.wav"]}), "error", r"sft\.jsonl:1: 'audio' must be .*got list"),
+    Case("sft-duration-NaN", lambda p, tokenizer: sft_item(p, tokenizer, json.dumps({
+        "messages": chat("<audio> what"), "audio": "x.wav"})[:-1] + ', "duration": NaN}'),
+         "error", r"sft\.jsonl:1: 'duration' must be a finite number of seconds > 0, got float nan"),
 
     # ---- configs: load_config_file (errors name the file and key) and load_config (the scripts' entry)
     Case("config-unknown-key", lambda p: config(p, TextStage, {"model": {"vocab_size": 300, "n_head": 4}}),

@@ -15,6 +15,7 @@ from omni.data.speech import (
     AsrSource,
     load_asr_records,
     normalize_transcript,
+    normalize_transcript_report,
     read_asr_manifest,
     read_librispeech,
     read_ljspeech,
@@ -44,6 +45,42 @@ def _tone(path, seconds=1.0, rate=SAMPLE_RATE, freq=220.0, fmt=None):
 )
 def test_normalize_transcript(raw, expected):
     assert normalize_transcript(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw, text, dropped, content",
+    [
+        ("HELLO, World!", "hello world", {}, 10),  # punctuation is meant to go: not counted
+        ("Room 101", "room", {"digits": 3}, 7),
+        ("café \U0001F600 ok", "cafe ok", {"symbols": 1}, 7),  # the accent is folded, not lost; the emoji is
+        ("Привет, мир cat", "cat", {"letters": 9}, 12),
+    ],
+)
+def test_normalize_transcript_report_counts_lost_content(raw, text, dropped, content):
+    report = normalize_transcript_report(raw)
+    assert (report.text, report.dropped, report.content) == (text, dropped, content)
+    assert normalize_transcript(raw) == text
+
+
+def test_asr_source_summarises_what_normalisation_dropped(tmp_path):
+    _tone(tmp_path / "a.wav")
+    lines = [{"audio": "a.wav", "text": t} for t in ("a cat", "Room 101", "привет cat", "Room 4 + 5")]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    source = AsrSource(read_asr_manifest(tmp_path / "m.jsonl"), vocab=VOCAB)
+    assert source.normalization_summary == (
+        "3 of 4 transcripts lost characters to normalisation (digits: 5, letters: 6, symbols: 1); 1 lost more than "
+        f"50% of them and are skipped as bad samples; first: {tmp_path / 'm.jsonl'}:2 'Room 101' -> 'room'")
+    assert source[1]["text"] == "room"  # 3 of 7 lost: kept (and counted above)
+    with pytest.raises(BadSample, match=r"m\.jsonl:3: .*a\.wav: normalisation removes 6 of 9"):
+        source[2]
+    assert AsrSource(source.records[:1], vocab=VOCAB).normalization_summary is None  # "a cat" loses nothing
+
+
+def test_talker_text_keeps_digits_symbols_and_all_scripts():
+    """The Talker's tokenizer has byte fallback, so its normaliser folds case and spaces and drops nothing."""
+    from omni.data.tts import talker_text
+
+    assert talker_text("  Room 101,\tПРИВЕТ \U0001F600  ") == "room 101, привет \U0001F600"
 
 
 def test_read_librispeech_layout(tmp_path):
@@ -82,7 +119,8 @@ def test_read_manifest_resolves_relative_paths(tmp_path):
     manifest = tmp_path / "data" / "train.jsonl"
     manifest.write_text(json.dumps({"audio": "wavs/a.wav", "text": "a cat", "duration": 1.0}) + "\n")
     records = read_asr_manifest(manifest)
-    assert records == [{"audio": (tmp_path / "data" / "wavs" / "a.wav").resolve(), "text": "a cat", "duration": 1.0}]
+    assert records == [{"audio": (tmp_path / "data" / "wavs" / "a.wav").resolve(), "text": "a cat", "duration": 1.0,
+                        "where": f"{manifest}:1"}]
     assert load_asr_records(manifest) == records
     manifest.write_text(json.dumps({"audio": "wavs/a.wav"}) + "\n")
     with pytest.raises(ValueError, match=r"train\.jsonl:1: .*'text'"):

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps
 
 from omni.ctc import CharVocab, min_ctc_frames
-from omni.data.manifest import read_jsonl_lines, require_keys, resolve
+from omni.data.manifest import DataError, check_fields, read_jsonl_lines, resolve
 from omni.data.resumable import BadSample
 
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP (Radford et al. 2021) RGB mean of [0, 1] pixels
@@ -103,12 +103,7 @@ def read_image_manifest(path: str | Path) -> list[dict]:
     manifest-relative resolved path string, other keys pass through."""
     records = []
     for line_no, rec in read_jsonl_lines(path):
-        where = f"{path}:{line_no}"
-        require_keys(rec, ("image",), where)
-        _require_str(rec, "image", where)
-        for key in ("caption", "label"):
-            if rec.get(key) is not None and not isinstance(rec[key], str):
-                raise ValueError(f"{where}: {key!r} must be a string, got {type(rec[key]).__name__}")
+        check_fields(rec, f"{path}:{line_no}", required=("image",), optional=("caption", "label"))
         records.append({**rec, "image": str(resolve(path, rec["image"])), "caption": rec.get("caption"),
                         "label": rec.get("label")})
     return records
@@ -122,40 +117,44 @@ def read_coco_captions(annotations_json: str | Path, images_dir: str | Path) -> 
     except FileNotFoundError:
         raise FileNotFoundError(f"COCO annotations not found: {annotations_json}") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{annotations_json}: invalid JSON ({e.msg}, line {e.lineno})") from None
+        raise DataError(f"{annotations_json}: invalid JSON ({e.msg}, line {e.lineno})") from None
     if not isinstance(data, dict) or not {"images", "annotations"} <= data.keys():
-        raise ValueError(f"{annotations_json}: expected a COCO captions object with 'images' and 'annotations'")
+        raise DataError(f"{annotations_json}: expected a COCO captions object with 'images' and 'annotations'")
     files = {}
-    for img in data["images"]:
-        require_keys(img, ("id", "file_name"), f"{annotations_json} images entry")
+    for i, img in enumerate(_entries(data, "images", annotations_json)):
+        check_fields(img, f"{annotations_json}: images[{i}]", required=("id", "file_name"))
         files[img["id"]] = str(Path(images_dir) / img["file_name"])
     records = []
-    for ann in data["annotations"]:
-        require_keys(ann, ("image_id", "caption"), f"{annotations_json} annotations entry")
+    for i, ann in enumerate(_entries(data, "annotations", annotations_json)):
+        where = f"{annotations_json}: annotations[{i}]"
+        check_fields(ann, where, required=("image_id", "caption"))
         if ann["image_id"] not in files:
-            raise ValueError(f"{annotations_json}: annotation refers to unknown image_id {ann['image_id']!r}")
-        records.append({"image": files[ann["image_id"]], "caption": str(ann["caption"]).strip(), "label": None,
+            raise DataError(f"{where}: refers to unknown image_id {ann['image_id']!r}")
+        records.append({"image": files[ann["image_id"]], "caption": ann["caption"].strip(), "label": None,
                         "image_id": ann["image_id"]})
     if not records:
-        raise ValueError(f"{annotations_json}: no caption annotations")
+        raise DataError(f"{annotations_json}: no caption annotations")
     return records
+
+
+def _entries(data: dict, key: str, path) -> list[dict]:
+    """data[key] of a COCO file, checked to be a list of JSON objects."""
+    entries = data[key]
+    if not isinstance(entries, list):
+        raise DataError(f"{path}: {key!r} must be a list, got {type(entries).__name__}")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise DataError(f"{path}: {key}[{i}] must be a JSON object, got {type(entry).__name__}")
+    return entries
 
 
 def read_ocr_manifest(path: str | Path) -> list[dict]:
     """Records of an OCR manifest ({"image", "text"}) with "image" resolved against the manifest's folder."""
     records = []
     for line_no, rec in read_jsonl_lines(path):
-        where = f"{path}:{line_no}"
-        require_keys(rec, ("image", "text"), where)
-        _require_str(rec, "image", where)
-        _require_str(rec, "text", where)
+        check_fields(rec, f"{path}:{line_no}", required=("image", "text"))
         records.append({**rec, "image": str(resolve(path, rec["image"]))})
     return records
-
-
-def _require_str(record: dict, key: str, where: str) -> None:
-    if not isinstance(record[key], str):
-        raise ValueError(f"{where}: {key!r} must be a string, got {type(record[key]).__name__}")
 
 
 def label_names(records: Sequence[dict]) -> list[str]:
@@ -235,10 +234,13 @@ class OcrSource:
         ceil(W / width_stride) >= `min_ctc_frames(label)` frames, else it cannot be aligned and is a BadSample.
     max_width: lines wider than this are squeezed to it, and collate pads every batch to exactly this width (and
         the labels to the frames it yields), so shapes are static for torch.compile. None = pad to the batch max.
+    max_frames: the OCR model's `max_frames` (its rotary table). Without max_width, a line wider than
+        max_frames * width_stride pixels is a BadSample: squeezing it unasked would change the glyphs the model
+        learns, and cutting it would drop characters of its text. None = no limit.
     """
 
     def __init__(self, records: Sequence[dict], *, vocab: CharVocab, height: int, max_width: int | None = None,
-                 width_stride: int = 4):
+                 width_stride: int = 4, max_frames: int | None = None):
         if height < 1 or width_stride < 1 or (max_width is not None and max_width < 1):
             raise ValueError(f"need height, width_stride, max_width >= 1, got height={height}, "
                              f"width_stride={width_stride}, max_width={max_width}")
@@ -247,6 +249,7 @@ class OcrSource:
         self.height = height
         self.max_width = max_width
         self.width_stride = width_stride
+        self.max_frames = max_frames
 
     def __len__(self) -> int:
         return len(self.records)
@@ -270,6 +273,9 @@ class OcrSource:
         except (OSError, ValueError) as e:
             raise BadSample(str(e)) from None
         frames = math.ceil(image.shape[-1] / self.width_stride)
+        if self.max_frames is not None and frames > self.max_frames:
+            raise BadSample(f"{path}: the {image.shape[-1]}-pixel-wide line gives {frames} frames > the OCR model's "
+                            f"max_frames={self.max_frames} (set data.max_width to squeeze wide lines instead)")
         if frames < min_ctc_frames(ids):
             raise BadSample(f"{path}: text of {len(ids)} characters needs {min_ctc_frames(ids)} CTC frames but the "
                             f"{image.shape[-1]}-pixel-wide line gives {frames}")

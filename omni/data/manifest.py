@@ -2,12 +2,22 @@
 
 Errors name the file and line, because a researcher with a 100k-line manifest needs to know where to look.
 A UTF-8 byte-order mark and CRLF line endings are accepted; bytes that are not UTF-8 are an error naming file:line.
+Field types are checked where a record is read (`check_fields`, one table `FIELD_KINDS` for every reader), so
+`"image": 5` or `"duration": NaN` is one `DataError` naming file:line, not a crash deep inside a data worker.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+
+from omni.errors import UserError
+
+
+class DataError(UserError, ValueError):
+    """A data file the user gave is malformed (bad JSON, not UTF-8, a missing key, a field of the wrong type); the
+    message names file:line. A ValueError too, so callers that catch ValueError keep working."""
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -29,12 +39,12 @@ def read_jsonl_lines(path: str | Path, what: str = "manifest") -> list[tuple[int
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
+                raise DataError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
             if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
             records.append((line_no, record))
     if not records:
-        raise ValueError(f"{what} {path} has no records")
+        raise DataError(f"{what} {path} has no records")
     return records
 
 
@@ -45,7 +55,7 @@ def decode_line(raw: bytes, path: str | Path, line_no: int) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         bad = raw[e.start:e.start + 1]
-        raise ValueError(f"{path}:{line_no}: not UTF-8 text (byte {bad!r} at column {e.start + 1})") from None
+        raise DataError(f"{path}:{line_no}: not UTF-8 text (byte {bad!r} at column {e.start + 1})") from None
     return text.removeprefix("\ufeff") if line_no == 1 else text
 
 
@@ -59,7 +69,49 @@ def require_keys(record: dict, keys: tuple[str, ...], where: str) -> None:
     """Raise naming `where` (file:line or file) when a record lacks one of `keys`."""
     missing = [k for k in keys if k not in record]
     if missing:
-        raise ValueError(f"{where}: missing key(s) {missing}; record has {sorted(record)}")
+        raise DataError(f"{where}: missing key(s) {missing}; record has {sorted(record)}")
+
+
+# What each manifest field must be, for every reader: media paths and texts are strings, a duration is a finite
+# number of seconds > 0 (json reads NaN and Infinity, and "3" is a string), ids are ints or strings.
+FIELD_KINDS = {
+    "audio": "path", "image": "path", "file_name": "path",
+    "text": "string", "caption": "string", "label": "string", "task": "string", "kind": "string",
+    "duration": "seconds",
+    "id": "id", "image_id": "id",
+}
+
+
+def check_fields(record: dict, where: str, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> None:
+    """Raise DataError naming `where` when a `required` key is missing, or a required or present (non-null)
+    `optional` key has the wrong JSON type for its kind in FIELD_KINDS."""
+    require_keys(record, required, where)
+    for key in (*required, *optional):
+        value = record.get(key)
+        if value is None and key in optional:
+            continue
+        problem = _kind_problem(FIELD_KINDS[key], value)
+        if problem:
+            raise DataError(f"{where}: {key!r} must be {problem}, got {type(value).__name__} {_short(value)}")
+
+
+def _kind_problem(kind: str, value) -> str:
+    """'' when `value` fits `kind`, else what it should have been."""
+    if kind == "path":
+        return "" if isinstance(value, str) and value else "a non-empty string (a file path)"
+    if kind == "string":
+        return "" if isinstance(value, str) else "a string"
+    if kind == "seconds":
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        return "" if ok else "a finite number of seconds > 0"
+    if kind == "id":
+        return "" if isinstance(value, int | str) and not isinstance(value, bool) else "an integer or a string"
+    raise KeyError(kind)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def resolve(manifest_path: str | Path, relative: str | Path) -> Path:

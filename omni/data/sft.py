@@ -11,8 +11,9 @@ An item is the chat template of `Tokenizer.encode_chat` (the assistant mask cove
 (`omni.omni_model.expand_placeholders`: `image_tokens` per image, one per 12.5 Hz encoder frame of the audio), and
 the targets that put the loss on assistant tokens only. Images go through `omni.data.images.image_to_tensor` and
 audio through `omni.audio.load_audio` + `LogMel`, the same preprocessing as Stages B and C. Problems with a record
-(bad structure, missing or unreadable media, placeholder counts, too long) raise `BadSample` naming manifest:line,
-so the run skips and counts it; an unreadable manifest line (invalid JSON) is an error.
+(bad structure, missing, unreadable or truncated media, placeholder counts, too long for max_length or for the audio
+encoder's max_frames) raise `BadSample` naming manifest:line, so the run skips and counts it; an unreadable manifest
+line (invalid JSON) or a field of the wrong JSON type ("image": 5, "task": 5, "duration": NaN) is an error.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import torch
 
 from omni.audio import SAMPLE_RATE, AudioError, LogMel, load_audio, mel_frames
 from omni.data.images import image_to_tensor, load_image
-from omni.data.manifest import read_jsonl_lines, resolve
+from omni.data.manifest import check_fields, read_jsonl_lines, resolve
 from omni.data.resumable import BadSample
+from omni.data.speech import check_encoder_frames
 from omni.omni_model import AUDIO_TOKEN_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, OmniModel, expand_placeholders, sft_targets
 
 
@@ -35,12 +37,14 @@ def default_task(record: dict) -> str:
 
 def read_sft_manifest(path: str | Path) -> list[dict]:
     """Records of an SFT manifest: the JSON object plus "where" (manifest:line), media paths resolved against the
-    manifest and "task" filled in. Structure is checked per item by `SftSource` (a bad record is skipped)."""
+    manifest and "task" filled in. Field types are checked here (an error naming manifest:line); the conversation's
+    structure is checked per item by `SftSource` (a bad record is skipped)."""
     path = Path(path)
     records = []
     for line_no, record in read_jsonl_lines(path, what="SFT manifest"):
+        check_fields(record, f"{path}:{line_no}", optional=("image", "audio", "task", "kind", "duration"))
         for key in ("image", "audio"):
-            if isinstance(record.get(key), str):
+            if record.get(key) is not None:
                 record[key] = str(resolve(path, record[key]))
         records.append({**record, "task": record.get("task") or default_task(record), "where": f"{path}:{line_no}"})
     return records
@@ -51,11 +55,15 @@ class SftSource:
     None, "task", "answer" (the first assistant turn)}; see the module docstring."""
 
     def __init__(self, records: list[dict], *, tokenizer, max_length: int, image_size: int | None = None,
-                 image_tokens: int = 0, n_mels: int | None = None, max_mel_frames: int | None = None):
+                 image_tokens: int = 0, n_mels: int | None = None, max_mel_frames: int | None = None,
+                 max_encoder_frames: int | None = None):
         """image_size / n_mels: the vision / audio encoder's input (None: the model has no such encoder, and
-        records with that medium are bad samples). image_tokens: `OmniModel.image_token_count`."""
+        records with that medium are bad samples). image_tokens: `OmniModel.image_token_count`. max_mel_frames:
+        the data's limit on audio (data.max_mel_frames); max_encoder_frames: the audio encoder's `max_frames`;
+        longer audio is a bad sample either way (None: no limit)."""
         self.records, self.tokenizer, self.max_length = records, tokenizer, max_length
         self.image_size, self.image_tokens, self.max_mel_frames = image_size, image_tokens, max_mel_frames
+        self.max_encoder_frames = max_encoder_frames
         self.logmel = LogMel(n_mels) if n_mels is not None else None
         self.tasks = sorted({r["task"] for r in records})
         # Question kinds per task ("image_qa/position"), from the records' optional "kind": finer metrics.
@@ -111,7 +119,7 @@ class SftSource:
         audio_tokens = []
         if record.get("audio") is not None:
             try:
-                wav = load_audio(record["audio"])
+                wav = load_audio(record["audio"], duration=record.get("duration"))
             except AudioError as e:
                 raise BadSample(f"{where}: {e}") from None
             with torch.no_grad():
@@ -119,6 +127,7 @@ class SftSource:
             if self.max_mel_frames is not None and mel.shape[0] > self.max_mel_frames:
                 raise BadSample(f"{where}: {record['audio']} gives {mel.shape[0]} mel frames > max_mel_frames="
                                 f"{self.max_mel_frames}")
+            check_encoder_frames(record["audio"], mel.shape[0], self.max_encoder_frames, where=f"{where}: ")
             audio_tokens = [OmniModel.audio_token_count(mel.shape[0])]
         ids, mask = expand_placeholders(ids, mask, image_tokens=self.image_tokens, audio_tokens=audio_tokens)
         if len(ids) > self.max_length:

@@ -1,7 +1,7 @@
 """ASR data (Stage B): manifest and public-layout readers, transcript normalisation, and `AsrSource`.
 
-Readers return plain records `{"audio": absolute Path, "text": str}` (plus `"duration"` in seconds when the layout
-knows it without opening the audio), so any layout feeds the same source:
+Readers return plain records `{"audio": absolute Path, "text": str, "where": "file:line"}` (plus `"duration"` in
+seconds when the layout knows it without opening the audio), so any layout feeds the same source:
 - JSONL manifests `{"audio": "wavs/a.wav", "text": "...", "duration": 1.7}`, paths relative to the manifest;
 - LibriSpeech split folders (`<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt` next to `.flac` files);
 - LJSpeech folders (`metadata.csv` with `id|text|normalized_text`, audio in `wavs/<id>.wav`).
@@ -9,13 +9,18 @@ knows it without opening the audio), so any layout feeds the same source:
 `AsrSource` turns a record into a log-mel (T, n_mels) and character ids. It computes the mel on CPU in the data
 worker (cheap next to the model, and it keeps raw waveforms off the device); SpecAugment is not done here but on
 the device in the training step (`omni.audio.spec_augment`), so that the data order never depends on worker RNG.
-Unusable items raise `BadSample` naming the file; the training loop skips and counts them.
+Unusable items raise `BadSample` naming the file; the training loop skips and counts them. Besides unreadable audio
+that includes a clip that decodes shorter than its manifest `duration` (a cut MP3 / OGG, see `omni.audio.load_audio`),
+a clip longer than the audio encoder's `max_frames` (not cropped: the transcript would no longer match), and a
+transcript that normalisation would strip of most of its content (`normalize_transcript_report`).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import soundfile as sf
@@ -32,23 +37,73 @@ from omni.audio import (
     mel_frames,
 )
 from omni.ctc import CharVocab, min_ctc_frames
-from omni.data.manifest import read_jsonl_lines, read_text_lines, require_keys, resolve
+from omni.data.manifest import DataError, check_fields, read_jsonl_lines, read_text_lines, resolve
 from omni.data.resumable import BadSample
 
+# Characters normalisation may remove that carry spoken content, by Unicode major category. Punctuation, spaces and
+# combining accents are meant to go and are not counted.
+CONTENT_KINDS = {"N": "digits", "L": "letters", "S": "symbols"}  # letters: non-Latin ones; symbols: emoji, $, %, ...
+MAX_LOST_FRACTION = 0.5  # a transcript that loses more of its content characters than this is a bad sample
 
-def normalize_transcript(text: str) -> str:
-    """The text the CTC vocabulary covers: lowercase a-z, apostrophe, single spaces.
+
+@dataclass(frozen=True)
+class NormalizedTranscript:
+    """What `normalize_transcript_report` made of one transcript."""
+
+    text: str  # the normalised transcript
+    dropped: dict[str, int]  # content characters removed, by kind ("digits", "letters", "symbols")
+    content: int  # content characters (letters, digits, symbols) in the raw transcript, after accent stripping
+
+    @property
+    def lost_fraction(self) -> float:
+        return sum(self.dropped.values()) / self.content if self.content else 0.0
+
+
+def normalize_transcript_report(text: str) -> NormalizedTranscript:
+    """The text the CTC vocabulary covers: lowercase a-z, apostrophe, single spaces; and what it lost.
 
     Accents are stripped (cafe for café), typographic apostrophes become "'", every other character (punctuation,
     hyphens, digits) becomes a space, and apostrophes not touching a letter (quotes) are dropped. Digits are not
-    spelled out: corpora we read (LibriSpeech, LJSpeech normalized_text, the synthetic set) already spell numbers.
+    spelled out: corpora we read (LibriSpeech, LJSpeech normalized_text, the synthetic set) already spell numbers;
+    other data may not ("Room 101" -> "room"), so the digits, non-Latin letters and symbols removed are counted
+    (`dropped`) for the readers' summary and the bad-sample check (`AsrSource`).
     """
     text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if not unicodedata.combining(c))
     text = text.lower().replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
+    kinds = [CONTENT_KINDS.get(unicodedata.category(c)[0]) for c in text]
+    dropped = Counter(k for c, k in zip(text, kinds) if k and not "a" <= c <= "z")
+    content = sum(k is not None for k in kinds)
     text = re.sub(r"[^a-z' ]+", " ", text)
     text = re.sub(r"(?<![a-z])'+(?![a-z])", " ", text)
-    return " ".join(text.split())
+    return NormalizedTranscript(" ".join(text.split()), dict(sorted(dropped.items())), content)
+
+
+def normalize_transcript(text: str) -> str:
+    """`normalize_transcript_report(text).text`: lowercase a-z, apostrophe, single spaces."""
+    return normalize_transcript_report(text).text
+
+
+def normalization_summary(records: list[dict], reports: list[NormalizedTranscript]) -> str | None:
+    """One log line on what normalisation removed from the transcripts of `records` (None when nothing): how many
+    lost characters, by kind, how many lost too much to be used, and the first example with its file:line."""
+    lossy = [(r, n) for r, n in zip(records, reports) if n.dropped]
+    if not lossy:
+        return None
+    kinds = Counter()
+    for _, n in lossy:
+        kinds.update(n.dropped)
+    refused = sum(n.lost_fraction > MAX_LOST_FRACTION for _, n in lossy)
+    first, norm = lossy[0]
+    return (f"{len(lossy)} of {len(records)} transcripts lost characters to normalisation "
+            f"({', '.join(f'{k}: {v}' for k, v in sorted(kinds.items()))}); {refused} lost more than "
+            f"{MAX_LOST_FRACTION:.0%} of them and are skipped as bad samples; first: {_where(first)} "
+            f"{first['text']!r} -> {norm.text!r}")
+
+
+def _where(record: dict) -> str:
+    """file:line of a record when its reader knew it, else its audio file."""
+    return str(record.get("where") or record["audio"])
 
 
 def read_asr_manifest(path: str | Path) -> list[dict]:
@@ -57,14 +112,9 @@ def read_asr_manifest(path: str | Path) -> list[dict]:
     records = []
     for line_no, rec in read_jsonl_lines(path):
         where = f"{path}:{line_no}"
-        require_keys(rec, ("audio", "text"), where)
-        for key in ("audio", "text"):
-            if not isinstance(rec[key], str):
-                raise ValueError(f"{where}: {key!r} must be a string, got {type(rec[key]).__name__} {rec[key]!r}")
-        out = {"audio": resolve(path, rec["audio"]).resolve(), "text": rec["text"]}
+        check_fields(rec, where, required=("audio", "text"), optional=("duration",))
+        out = {"audio": resolve(path, rec["audio"]).resolve(), "text": rec["text"], "where": where}
         if rec.get("duration") is not None:
-            if isinstance(rec["duration"], bool) or not isinstance(rec["duration"], (int, float)):
-                raise ValueError(f"{where}: 'duration' must be a number of seconds, got {rec['duration']!r}")
             out["duration"] = float(rec["duration"])
         records.append(out)
     return records
@@ -75,7 +125,7 @@ def read_librispeech(root: str | Path) -> list[dict]:
     root = Path(root)
     transcripts = sorted(root.glob("*/*/*.trans.txt"))
     if not transcripts:
-        raise ValueError(f"{root}: no */*/*.trans.txt files; expected a LibriSpeech split folder")
+        raise DataError(f"{root}: no */*/*.trans.txt files; expected a LibriSpeech split folder")
     records = []
     for trans in transcripts:
         for line_no, line in enumerate(read_text_lines(trans), start=1):
@@ -83,8 +133,9 @@ def read_librispeech(root: str | Path) -> list[dict]:
                 continue
             utt_id, _, text = line.strip().partition(" ")
             if not text:
-                raise ValueError(f"{trans}:{line_no}: expected '<utterance-id> <TRANSCRIPT>', got {line!r}")
-            records.append({"audio": (trans.parent / f"{utt_id}.flac").resolve(), "text": text})
+                raise DataError(f"{trans}:{line_no}: expected '<utterance-id> <TRANSCRIPT>', got {line!r}")
+            records.append({"audio": (trans.parent / f"{utt_id}.flac").resolve(), "text": text,
+                            "where": f"{trans}:{line_no}"})
     return records
 
 
@@ -93,7 +144,7 @@ def read_ljspeech(root: str | Path) -> list[dict]:
     root = Path(root)
     meta = root / "metadata.csv"
     if not meta.is_file():
-        raise ValueError(f"{root}: no metadata.csv; expected an LJSpeech folder")
+        raise DataError(f"{root}: no metadata.csv; expected an LJSpeech folder")
     records = []
     # Split on "|" by hand: the transcripts contain quotes that would confuse a CSV parser.
     for line_no, line in enumerate(read_text_lines(meta), start=1):
@@ -101,11 +152,12 @@ def read_ljspeech(root: str | Path) -> list[dict]:
             continue
         fields = line.split("|")
         if len(fields) < 2 or not fields[0]:
-            raise ValueError(f"{meta}:{line_no}: expected 'id|text|normalized_text', got {line!r}")
+            raise DataError(f"{meta}:{line_no}: expected 'id|text|normalized_text', got {line!r}")
         text = fields[2] if len(fields) > 2 and fields[2].strip() else fields[1]
-        records.append({"audio": (root / "wavs" / f"{fields[0]}.wav").resolve(), "text": text})
+        records.append({"audio": (root / "wavs" / f"{fields[0]}.wav").resolve(), "text": text,
+                        "where": f"{meta}:{line_no}"})
     if not records:
-        raise ValueError(f"{meta} has no entries")
+        raise DataError(f"{meta} has no entries")
     return records
 
 
@@ -118,16 +170,17 @@ def load_asr_records(path: str | Path) -> list[dict]:
         return read_ljspeech(path)
     if path.is_dir() and next(path.glob("*/*/*.trans.txt"), None) is not None:
         return read_librispeech(path)
-    raise ValueError(
+    raise DataError(
         f"{path}: not an ASR dataset; expected a .jsonl manifest, a LibriSpeech split folder "
         "(*/*/*.trans.txt with .flac) or an LJSpeech folder (metadata.csv + wavs/)"
     )
 
 
-def load_waveform(path) -> torch.Tensor:
-    """16 kHz mono samples of `path`, or BadSample naming the file (unreadable, silent, shorter than one frame)."""
+def load_waveform(path, duration: float | None = None) -> torch.Tensor:
+    """16 kHz mono samples of `path`, or BadSample naming the file (unreadable, silent, shorter than one frame, or
+    cut short of the manifest's `duration` in seconds)."""
     try:
-        wav = load_audio(path)
+        wav = load_audio(path, duration=duration)
     except AudioError as e:
         raise BadSample(str(e)) from None
     if wav.shape[0] < MIN_SAMPLES:
@@ -135,10 +188,19 @@ def load_waveform(path) -> torch.Tensor:
     return wav
 
 
-def load_log_mel(path, logmel, wav: torch.Tensor | None = None) -> torch.Tensor:
+def load_log_mel(path, logmel, wav: torch.Tensor | None = None, duration: float | None = None) -> torch.Tensor:
     """(T, F) log-mel of `path` (or of its already loaded `wav`); BadSample naming the file when unusable."""
     with torch.no_grad():
-        return logmel(load_waveform(path) if wav is None else wav)
+        return logmel(load_waveform(path, duration) if wav is None else wav)
+
+
+def check_encoder_frames(path, n_mel_frames: int, max_encoder_frames: int | None, where: str = "") -> None:
+    """BadSample naming the file when `n_mel_frames` give more audio-encoder frames than the encoder's `max_frames`
+    (its rotary table): such a clip would crash the model, and cropping it would cut its transcript or answer."""
+    if max_encoder_frames is not None and encoder_frames(n_mel_frames) > max_encoder_frames:
+        raise BadSample(f"{where}{path}: {n_mel_frames / MEL_FRAME_RATE:.1f} s of audio gives "
+                        f"{encoder_frames(n_mel_frames)} encoder frames > the audio encoder's max_frames="
+                        f"{max_encoder_frames} (long clips are skipped, not cropped)")
 
 
 class AsrSource:
@@ -152,9 +214,11 @@ class AsrSource:
         n_mels: int = 128,
         max_mel_length: int | None = None,
         ctc_upsample: int = 2,
+        max_encoder_frames: int | None = None,
     ):
         """ctc_upsample must equal the model's (`AsrModel.ctc_upsample`): it sets how many CTC frames the audio
-        offers, and so which transcripts are too long to align."""
+        offers, and so which transcripts are too long to align. max_encoder_frames: the audio encoder's
+        `max_frames`; longer clips are bad samples (None: no limit)."""
         if max_mel_length is not None and max_mel_length <= 0:
             raise ValueError(f"max_mel_length must be positive or None, got {max_mel_length}")
         if ctc_upsample < 1:
@@ -163,8 +227,12 @@ class AsrSource:
         self.vocab = vocab
         self.max_mel_length = max_mel_length
         self.ctc_upsample = ctc_upsample
+        self.max_encoder_frames = max_encoder_frames
         self.logmel = LogMel(n_mels)
         self._lengths: list[int] | None = None
+        self.transcripts = [normalize_transcript_report(r["text"]) for r in records]
+        # What normalisation removed from the transcripts, for the stage script's log (None when nothing).
+        self.normalization_summary = normalization_summary(records, self.transcripts)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -190,17 +258,23 @@ class AsrSource:
     def __getitem__(self, i: int) -> dict:
         record = self.records[i]
         path = record["audio"]
-        text = normalize_transcript(record["text"])
+        norm = self.transcripts[i]
+        text = norm.text
         if not text:
             raise BadSample(f"{path}: empty transcript (raw: {record['text']!r})")
+        if norm.lost_fraction > MAX_LOST_FRACTION:
+            raise BadSample(f"{_where(record)}: {path}: normalisation removes {sum(norm.dropped.values())} of "
+                            f"{norm.content} characters of the transcript ({norm.dropped}): {record['text']!r} -> "
+                            f"{text!r}")
         unknown = self.vocab.unknown_chars(text)
         if unknown:
             raise BadSample(f"{path}: transcript characters {sorted(unknown)} are not in the vocabulary")
         labels = self.vocab.encode(text)
-        mel = load_log_mel(path, self.logmel)  # (T, F)
+        mel = load_log_mel(path, self.logmel, duration=record.get("duration"))  # (T, F)
         n_frames = mel.shape[0]
         if self.max_mel_length is not None and n_frames > self.max_mel_length:
             raise BadSample(f"{path}: {n_frames} mel frames exceed max_mel_length={self.max_mel_length}")
+        check_encoder_frames(path, n_frames, self.max_encoder_frames)
         available = encoder_frames(n_frames) * self.ctc_upsample
         needed = min_ctc_frames(labels)
         if needed > available:

@@ -40,7 +40,9 @@ SILENCE_LOG_MEL = math.log(LOG_MEL_FLOOR)  # LogMel of digital silence: the pad 
 
 def talker_text(text: str) -> str:
     """The text the Talker reads: NFKC, lowercase, single spaces. Punctuation and digits are kept (the tokenizer
-    covers them); case is folded because speech corpora disagree on it (LibriSpeech is upper case)."""
+    covers them); case is folded because speech corpora disagree on it (LibriSpeech is upper case). Nothing else
+    is removed: digits, emoji and non-Latin letters reach the tokenizer, whose byte fallback encodes any character,
+    so unlike the ASR `normalize_transcript` there is no content loss to count."""
     return " ".join(unicodedata.normalize("NFKC", text).lower().split())
 
 
@@ -75,7 +77,7 @@ class SpeechClips:
 
     def __getitem__(self, i: int) -> dict:
         path = self.records[i]["audio"]
-        wav = load_waveform(path)
+        wav = load_waveform(path, self.records[i].get("duration"))  # a clip cut short of its duration is bad
         mel = load_log_mel(path, self.logmel, wav)
         item = {"mel": mel, "audio": str(path)}
         if self.with_wav:
