@@ -7,3 +7,12 @@ def load_exported(path, **kwargs):
     from omni.export_format import load_exported as _load_exported
 
     return _load_exported(path, **kwargs)
+
+
+def _install_error_policy():
+    from omni import errors
+
+    errors.install()
+
+
+_install_error_policy()  # user mistakes print one line, not a traceback (see omni/errors.py)

@@ -13,10 +13,13 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
+
+from omni.errors import UserError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -79,7 +82,7 @@ class TrainConfig:
             raise ValueError(f"train.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the dataclass; the message says where and why."""
 
 
@@ -140,6 +143,10 @@ def _coerce(value, annotation, where: str):
         raise ConfigError(f"{where}: expected {annotation.__name__}, got bool {value!r}")
     if isinstance(annotation, type) and not isinstance(value, annotation):
         raise ConfigError(f"{where}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+    if annotation is float and not math.isfinite(value):
+        # Python's json reads Infinity and NaN (and so does --set): no knob of omni means anything at either, and
+        # e.g. train.weight_decay=Infinity would silently turn every weight into NaN.
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     return value
 
 

@@ -5,7 +5,7 @@ For each stage (on the stage tests' tiny configs and generated data, see tests/s
   2. SIGKILL inside an optimizer step, inside an evaluation and inside a checkpoint write (the OMNI_FAULT hook of
      omni/training/faults.py makes the process kill itself exactly there), then --kills SIGKILLs at random moments
      (tests/stage_helpers.kill_and_rerun_until_done), rerunning until the run finishes;
-  3. SIGTERM once training runs: it must finish the step, write a checkpoint and exit 0; the rerun resumes there;
+  3. SIGTERM inside an optimizer step: it must finish the step, write a checkpoint and exit 0; the rerun resumes there;
 and both interrupted runs must end bitwise identical to the reference: the final weights file, and the last step
 checkpoint's model, optimizer, scheduler, RNG and data position (everything but the config and the wall time).
 
@@ -154,14 +154,14 @@ def run_stage(stage: str, work: Path, *, kills: int, seed: int, log=print) -> li
                 result.notes.append(f"{point}@{nth} not reached: the run had finished")
             else:
                 raise RuntimeError(f"{job.label}: run with OMNI_FAULT={point}@{nth} failed:\n{proc.stderr[-3000:]}")
-        result.random_kills = kill_and_rerun_until_done(job.command(killed), job.watch(killed),
-                                                        seed=rng.randrange(2**31), max_launches=kills + 1)
+        result.random_kills = kill_and_rerun_until_done(job.command(killed), job.watch(killed), faults=(),
+                                                        seed=rng.randrange(2**31), random_kills=kills)
         killed_log = (job.watch(killed) / "training.log").read_text()
         if result.torn_write and "temporary file(s) left by a write that was interrupted" not in killed_log:
             result.notes.append("the torn temporary file was not cleaned up")
         result.identical_kill = _identical(job, ref, killed, result.notes, "killed")
-        # SIGTERM once the first checkpoint of this launch exists: finish the step, checkpoint, exit 0; then resume.
-        result.sigterm = _sigterm_then_resume(job, termed, result.notes)
+        # SIGTERM inside a step: finish the step, checkpoint, exit 0; then resume.
+        result.sigterm = _sigterm_then_resume(job, termed, result.notes, nth=rng.randint(1, 3))
         result.identical_term = _identical(job, ref, termed, result.notes, "sigterm")
         result.seconds = time.perf_counter() - start
         log(f"{job.label}: kills landed {result.landed}, random kills {result.random_kills}, "
@@ -171,15 +171,13 @@ def run_stage(stage: str, work: Path, *, kills: int, seed: int, log=print) -> li
     return results
 
 
-def _sigterm_then_resume(job: Job, save: Path, notes: list) -> bool:
+def _sigterm_then_resume(job: Job, save: Path, notes: list, nth: int) -> bool:
     watch = job.watch(save)
-    before = newest_step(watch)
-    proc = subprocess.Popen(job.command(save), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    while proc.poll() is None and newest_step(watch) == before:
-        time.sleep(0.01)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=600)
+    # The process SIGTERMs itself inside its nth optimizer step (OMNI_FAULT=...:term), so the signal lands while
+    # training runs on any machine, however fast.
+    proc = subprocess.run(job.command(save), cwd=REPO, env={**os.environ, "OMNI_FAULT": f"step@{nth}:term"},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    err = proc.stderr
     stopped = re.search(r"stopped at step (\d+); rerun the same command to resume", err)
     if proc.returncode != 0 or "SIGTERM received" not in err or not stopped:
         notes.append(f"SIGTERM: exit {proc.returncode}, {'no ' if not stopped else ''}'stopped at step' line:\n"

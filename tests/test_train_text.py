@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -59,12 +57,12 @@ def test_outputs_and_rerun_of_finished_run(tmp_path, text_corpus):
     assert summary["step"] == 16 and summary["metrics"]["val_ppl"] < 400  # better than uniform over the vocab
     log = (save / "training.log").read_text()
     assert "sample: 'Once upon a time'" in log
-    records = [json.loads(x) for x in (save / "metrics.jsonl").read_text().splitlines()]
-    assert {r["kind"] for r in records} == {"train", "eval"}
-    start = time.perf_counter()
+    metrics = (save / "metrics.jsonl").read_text()
+    assert {json.loads(x)["kind"] for x in metrics.splitlines()} == {"train", "eval"}
     again = subprocess.run(command(tmp_path, text_corpus, save), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "resumed at step 16" in again.stderr
-    assert time.perf_counter() - start < 60
+    # Only the final bookkeeping: no training step, no new evaluation (counted, not timed).
+    assert (save / "metrics.jsonl").read_text() == metrics
 
 
 def test_two_process_gloo_ddp_trains_and_resumes(tmp_path, text_corpus):
@@ -83,18 +81,16 @@ def test_two_process_gloo_ddp_trains_and_resumes(tmp_path, text_corpus):
 
 
 def test_sigterm_to_the_whole_process_group_with_workers_checkpoints_and_exits_zero(tmp_path, text_corpus):
-    """As Ctrl-C in a terminal, Slurm or `kill -- -PGID` do: the DataLoader workers get the signal too."""
+    """As Ctrl-C in a terminal, Slurm or `kill -- -PGID` do: the DataLoader workers get the signal too. The run
+    sends it to its own process group inside its 5th optimizer step (OMNI_FAULT=...:term), so it lands mid-run on
+    any machine."""
     save = tmp_path / "run"
     cmd = command(tmp_path, text_corpus, save, "train.num_workers=2")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    while proc.poll() is None and not list(save.glob("thinker_step_*.pt")):
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr[-2000:]
-    assert "SIGTERM received" in stderr and "rerun the same command to resume" in stderr
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, start_new_session=True,
+                          env={**os.environ, "OMNI_FAULT": "step@5:term"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "SIGTERM received" in proc.stderr and "stopped at step 5; rerun the same command to resume" in proc.stderr
     stopped = max(int(p.stem.rsplit("_", 1)[1]) for p in save.glob("thinker_step_*.pt"))
-    assert stopped < TINY["train"]["max_steps"]
+    assert stopped == 5
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and f"resumed at step {stopped}" in again.stderr

@@ -1,5 +1,5 @@
 """train_vocoder.py end to end on a tiny GAN: aligned random crops, generator-only final weights readable by the
-export, both players' optimizers/schedulers (and fp16 scalers) in every checkpoint, the mel-only warm-up, and SIGKILL
+export, both players' optimizers/schedulers in every checkpoint, the mel-only warm-up, and SIGKILL
 at random moments + rerun == straight run, optimizer and scheduler states included."""
 
 import json
@@ -43,6 +43,14 @@ def command(tmp_path, data, save_dir, *extra, max_steps=8):
     return [sys.executable, str(REPO / "train_vocoder.py"), "--config", str(path), *overrides]
 
 
+def test_fp16_on_the_cpu_is_one_clear_error(tmp_path, speech):
+    result = subprocess.run(command(tmp_path, speech, tmp_path / "run", "train.precision=fp16", "mel_warmup_steps=0"),
+                            cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: train.precision=fp16 needs a CUDA device" in result.stderr
+
+
 def run_ok(cmd) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -69,8 +77,9 @@ def test_random_segments_keep_mel_and_waveform_aligned_and_follow_the_global_rng
 
 def test_trains_generator_only_weights_and_checkpoints_both_players(tmp_path, speech):
     save = tmp_path / "run"
-    fp16 = ("train.precision=fp16", "mel_warmup_steps=0")  # one GradScaler per player, both checkpointed
-    out = run_ok(command(tmp_path, speech, save, *fp16))
+    # fp32: fp16 is refused on the CPU (its autocast runs the MSD's grouped convolutions for minutes per call); the
+    # GradScaler bookkeeping is tested in tests/test_run.py without fp16 kernels.
+    out = run_ok(command(tmp_path, speech, save, "mel_warmup_steps=0"))
     gen_l1, gl_l1 = (float(x) for x in re.search(r"val_mel_l1 ([\d.]+) griffin_lim ([\d.]+)", out.stdout).groups())
     summary = json.loads((save / "summary.json").read_text())
     assert summary["step"] == 8 and summary["metrics"]["val_mel_l1"] == pytest.approx(gen_l1, abs=1e-4)
@@ -81,10 +90,9 @@ def test_trains_generator_only_weights_and_checkpoints_both_players(tmp_path, sp
     assert read_stage_weights(save, "vocoder").config["upsample_initial_channels"] == 16  # the export reads it
     step = torch.load(save / "hifigan_step_8.pt", weights_only=True)
     assert any(k.startswith("mpd.") for k in step["model"]) and any(k.startswith("msd.") for k in step["model"])
-    assert set(step["optimizers"]) == set(step["schedulers"]) == set(step["scalers"]) == {"gen", "disc"}
+    assert set(step["optimizers"]) == set(step["schedulers"]) == {"gen", "disc"} and step["scalers"] == {}
     assert all(s["last_epoch"] == 8 for s in step["schedulers"].values())
     assert step["optimizers"]["disc"]["state"] and step["optimizers"]["gen"]["state"]
-    assert all(s["scale"] > 0 for s in step["scalers"].values())
 
 
 def test_sigkill_at_random_moments_then_rerun_restores_both_optimizers_exactly(tmp_path, speech):

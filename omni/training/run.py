@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from omni.config import to_dict
 from omni.data.resumable import ResumableDataset, evaluation_batches, seed_worker_generator
+from omni.errors import UserError
 from omni.training import checkpoint as ckpt
 from omni.training import distributed as dist
 from omni.training import faults
@@ -56,6 +57,11 @@ class Run:
         self.cfg, self.train, self.name = cfg, cfg.train, name
         self.metric, self.mode, self.force, self.trainable_only = metric, mode, force, trainable_only
         self.device = dist.local_device(self.train.device)
+        if AMP_DTYPES[self.train.precision] == torch.float16 and self.device.type == "cpu":
+            # CPU fp16 autocast is a trap: grouped/depthwise convolutions (HiFi-GAN's MSD) run for minutes per call
+            # on some CPUs, and fp16 has no speed or memory use on CPU that bf16 lacks.
+            raise UserError("train.precision=fp16 needs a CUDA device (this run is on the CPU, where fp16 autocast "
+                            "can be extremely slow): use train.precision=bf16 or fp32")
         dist.init(self.device)
         self.rank, self.world_size = dist.rank(), dist.world_size()
         self.is_main = self.rank == 0
