@@ -30,7 +30,8 @@ parser.add_argument("--vocoder_ckpt", help="vocoder run dir or hifigan.pt (gener
 parser.add_argument("--ocr_ckpt", help="OCR run dir or ocr.pt")
 parser.add_argument("--omni_ckpt", help="Stage E run dir or omni_final.pt (trainable-only parameters)")
 parser.add_argument("--tokenizer", help=f"tokenizer.model to export (default: the {TOKENIZER_FILE} beside thinker.pt)")
-parser.add_argument("--output_dir", help="export folder to write (replaced if it holds a previous export)")
+parser.add_argument("--output_dir", help="export folder to write (a previous export there is updated; files it did "
+                    "not write are kept)")
 parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the floating tensors")
 parser.add_argument("--hf_thinker", metavar="DIR", help="also write the Thinker as a Hugging Face Qwen3 checkpoint")
 args = parser.parse_args()

@@ -4,7 +4,7 @@
       model.safetensors       all tensors, named "<component>.<name in the component's state dict>"
       config.json             format version, dtype, components present/absent, per component its model config
                               (shapes only) and extras (CTC/OCR character lists), tied tensors, special-token ids,
-                              audio frontend constants
+                              audio frontend constants, and "files": the sha256 and size of every other file
       tokenizer.model         the SentencePiece model (when a Thinker is exported)
       generation_config.json  bos/eos/pad ids and decoding defaults
       README.md               what is in the folder and how to load it
@@ -22,18 +22,15 @@ Design choices
   very same tensor. Partial overlaps (views) are stored as independent copies.
 - dtype: only floating tensors are cast (integer buffers such as counters keep theirs); config.json records the
   chosen dtype and the count of tensors per stored dtype. A cast that overflows (fp16 inf) is an error.
-- The folder is written next to the target and swapped in at the end, so a failed export never leaves half an
-  export; an existing folder is only replaced when it holds a previous export.
+- Files: written beside the target and moved in (omni/export_files.py), so a failed export never leaves half an
+  export and a previous export is updated without touching the user's own files in the folder; config.json
+  "files" records each file's sha256 and size, and `read_export` checks them (verify=False skips it).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,6 +47,8 @@ from omni.components import (
     classes,
     load_state,
 )
+from omni.export_files import FILES_KEY, write_folder
+from omni.export_files import verify as verify_files
 
 FORMAT = "omni-export"
 FORMAT_VERSION = 1
@@ -57,6 +56,9 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 README_FILE = "README.md"
+# Every file write_export may write (config.json is its manifest): what a re-export may remove of an export made
+# before config.json listed its files.
+EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, "tokenizer.model", GENERATION_CONFIG_FILE, README_FILE)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 GENERATION_DEFAULTS = {"max_new_tokens": 256, "temperature": 0.0, "top_k": None, "top_p": None}  # 0 = greedy
 AUDIO_COMPONENTS = ("audio_encoder", "codec", "talker", "vocoder")  # these need the audio frontend constants
@@ -221,38 +223,6 @@ def generation_config(tokenizer) -> dict:
             "pad_token_id": tokenizer.pad_id, "do_sample": False, **GENERATION_DEFAULTS}
 
 
-def write_folder(out_dir: str | Path, write: Callable[[Path], None], *, marker: Callable[[Path], bool]) -> Path:
-    """Write a whole folder via write(tmp_dir), then swap it in for out_dir. An existing out_dir is replaced only
-    when marker(out_dir) says it is a previous export of the same kind (never a folder holding something else)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not marker(out_dir))):
-        raise ExportError(f"{out_dir} exists and is not a previous export; choose an empty or new folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        write(tmp)
-        _share(tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
-
-
-def _share(folder: Path) -> None:
-    """mkdtemp/mkstemp create private (0700/0600) entries; give the export the permissions of ordinary files."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for p in folder.iterdir():
-        p.chmod(0o666 & ~umask)
-
-
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
@@ -320,16 +290,15 @@ def write_export(
     if present & set(AUDIO_COMPONENTS) and (constants := audio_constants()) is not None:
         config["audio"] = constants
 
-    def write(folder: Path) -> None:
+    def write(folder: Path) -> None:  # config.json, which lists these files' checksums, is written after them
         save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "pt", "omni_format": FORMAT})
-        write_json(folder / CONFIG_FILE, config)
         if tokenizer is not None:
             tokenizer.save(folder)
             write_json(folder / GENERATION_CONFIG_FILE, generation_config(tokenizer))
         (folder / README_FILE).write_text(readme(config), encoding="utf-8")
 
-    write_folder(out_dir, write, marker=_is_export)
-    return config
+    return write_folder(out_dir, write, manifest=CONFIG_FILE, content=config, marker=_is_export,
+                        known_files=EXPORT_FILES)
 
 
 def readme(config: dict) -> str:
@@ -348,7 +317,8 @@ def readme(config: dict) -> str:
         "",
         f"- `{CONFIG_FILE}`: each component's model config (shapes only) and extras (CTC/OCR character lists), "
         "special-token ids, audio frontend constants, and `tied_weights` (alias -> stored tensor: tied tensors "
-        "are stored once; load them with `omni.export_format.read_export`, which re-ties them).",
+        "are stored once; load them with `omni.export_format.read_export`, which re-ties them), and "
+        f"`{FILES_KEY}`: the sha256 and size of every other file, which `load_exported` checks.",
         f"- `{GENERATION_CONFIG_FILE}`: bos/eos/pad ids and decoding defaults (temperature 0 = greedy).",
         "- `tokenizer.model`: the SentencePiece tokenizer (`omni.tokenizer.Tokenizer`).",
         "",
@@ -360,8 +330,13 @@ def readme(config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config.json, state with tied tensors restored) of an export folder; errors name the file at fault."""
+def read_export(path: str | Path, device: str | torch.device = "cpu", *,
+                verify: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json, state with tied tensors restored) of an export folder; errors name the file at fault.
+
+    verify: check every file against the checksums in config.json first (a UserError names a changed or damaged
+    file); False skips it, e.g. to save the read of a large folder that was just checked.
+    """
     path = Path(path)
     config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
     try:
@@ -375,6 +350,8 @@ def read_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[d
     if config.get("format_version", 0) > FORMAT_VERSION:
         raise ExportError(f"{config_path}: format_version {config['format_version']} is newer than this code "
                           f"({FORMAT_VERSION}); update omni")
+    if verify:
+        verify_files(path, config, config_path)
     try:
         state = load_file(weights_path, device=str(device))
     except FileNotFoundError:
@@ -426,13 +403,15 @@ class ExportedModel:
                 f"unsupported={list(self.unsupported)})")
 
 
-def load_exported(path: str | Path, *, dtype: str | None = None, device: str | torch.device = "cpu") -> ExportedModel:
+def load_exported(path: str | Path, *, dtype: str | None = None, device: str | torch.device = "cpu",
+                  verify: bool = True) -> ExportedModel:
     """Load an export folder: every present component whose classes exist, weights loaded strictly, eval mode.
 
     dtype: "fp32" | "fp16" | "bf16" for the models' floating tensors; None = the dtype the export stored.
+    verify: check the files against their checksums first (see `read_export`).
     """
     path = Path(path)
-    config, state = read_export(path, device)
+    config, state = read_export(path, device, verify=verify)
     dtype = dtype or config["dtype"]
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")

@@ -21,6 +21,8 @@ Design choices
   there: HF would split the text around them and encode the neighbouring spaces differently. Known limits of that
   class: decode() leaves byte-fallback pieces as "<0xC3><0x89>" and shows the user-defined symbols as text; no chat
   template is provided (ours tokenizes role and content separately, which a Jinja template cannot reproduce).
+- Files: written and checked as omni/export_files.py describes; the manifest is `omni_files.json` (transformers
+  ignores it; HF's config.json is left as transformers writes it), and `verify_hf_thinker(folder)` checks it.
 """
 
 from __future__ import annotations
@@ -32,18 +34,25 @@ import torch
 from safetensors.torch import save_file
 
 from omni.components import ExportError
+from omni.errors import UserError
+from omni.export_files import verify, write_folder
 from omni.export_format import (
     CONFIG_FILE,
     GENERATION_CONFIG_FILE,
     WEIGHTS_FILE,
     generation_config,
     prepare_tensors,
-    write_folder,
     write_json,
 )
 from omni.thinker import ThinkerConfig
 
 TORCH_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+MANIFEST_FILE = "omni_files.json"  # {"format": HF_FORMAT, "files": {name: {"sha256", "bytes"}}}
+HF_FORMAT = "omni-hf-thinker"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# Every file write_hf_thinker may write: what a re-export may remove of an export made before the manifest existed.
+HF_FILES = (WEIGHTS_FILE, CONFIG_FILE, GENERATION_CONFIG_FILE, "tokenizer.model", TOKENIZER_CONFIG_FILE,
+            MANIFEST_FILE)
 
 
 def hf_config(cfg: ThinkerConfig, *, dtype: str = "fp32", tokenizer=None) -> dict:
@@ -122,8 +131,9 @@ def _is_hf_thinker(folder: Path) -> bool:
 
 
 def write_hf_thinker(out_dir: str | Path, state: dict[str, torch.Tensor], cfg: ThinkerConfig, *, tokenizer,
-                     dtype: str = "fp32") -> Path:
-    """Write the Thinker (`state`: its state dict, unprefixed) as an HF checkpoint folder with its tokenizer."""
+                     dtype: str = "fp32") -> dict:
+    """Write the Thinker (`state`: its state dict, unprefixed) as an HF checkpoint folder with its tokenizer;
+    returns the manifest written (the files and their checksums)."""
     if tokenizer.vocab_size != cfg.vocab_size:
         raise ExportError(f"{tokenizer.model_path} has {tokenizer.vocab_size} pieces, the Thinker vocab_size is "
                           f"{cfg.vocab_size}")
@@ -138,6 +148,24 @@ def write_hf_thinker(out_dir: str | Path, state: dict[str, torch.Tensor], cfg: T
         write_json(folder / CONFIG_FILE, config)
         write_json(folder / GENERATION_CONFIG_FILE, gen)
         tokenizer.save(folder)
-        write_json(folder / "tokenizer_config.json", tokenizer_config(tokenizer, cfg.max_seq_len))
+        write_json(folder / TOKENIZER_CONFIG_FILE, tokenizer_config(tokenizer, cfg.max_seq_len))
 
-    return write_folder(out_dir, write, marker=_is_hf_thinker)
+    return write_folder(out_dir, write, manifest=MANIFEST_FILE, content={"format": HF_FORMAT},
+                        marker=_is_hf_thinker, known_files=HF_FILES)
+
+
+def verify_hf_thinker(folder: str | Path) -> None:
+    """Check an HF export's files against the checksums written with it (transformers does not check them): a
+    UserError names a changed or damaged file. An export from before checksums is accepted with a logged warning."""
+    manifest_path = Path(folder) / MANIFEST_FILE
+    if not Path(folder).is_dir():
+        raise UserError(f"{folder}: no such folder")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        manifest = {}  # exported before checksums were recorded: verify() warns
+    except (OSError, ValueError) as e:
+        raise UserError(f"{manifest_path} is unreadable ({e}); re-export the folder") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{manifest_path} is not a JSON object; re-export the folder")
+    verify(folder, manifest, manifest_path)

@@ -2,6 +2,7 @@
 errors naming the file at fault."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 import omni
 from omni.components import COMPONENTS, Component, ExportError, StageWeights, read_sft_weights, read_stage_weights
 from omni.config import to_dict
+from omni.errors import UserError
 from omni.export_format import check_consistency, merge_trainable, prepare_tensors, read_export, write_export
 from omni.thinker import Thinker, ThinkerConfig
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer, train_tokenizer
@@ -298,13 +300,112 @@ def test_output_dir_safety_and_corrupt_export(thinker_run, tokenizer, tmp_path):
 
     out = tmp_path / "out"
     write_export(out, parts, tokenizer=tokenizer)
-    (out / "stale.txt").write_text("from an older export")
-    write_export(out, parts, tokenizer=tokenizer)  # a previous export is replaced whole
-    assert not (out / "stale.txt").exists()
     data = (out / "model.safetensors").read_bytes()
     (out / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=r"out/model.safetensors: size mismatch \(expected \d+ bytes, got \d+\)"):
+        read_export(out)  # the checksums catch it first, before the file is parsed
     with pytest.raises(ExportError, match="model.safetensors is unreadable"):
-        read_export(out)
+        read_export(out, verify=False)
+
+
+def flip_tensor_bit(path: Path, value: int = 10) -> None:
+    """Flip the lowest mantissa bit of one fp32 value in a safetensors file's data (past its header): the file
+    still parses, and the model is silently a little different."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")  # u64 header length, then the JSON header, then the data
+    data[start + 4 * value] ^= 1
+    path.write_bytes(data)
+
+
+def test_damaged_file_is_named_at_load_unless_verify_is_off(thinker_run, tokenizer, tmp_path):
+    run_dir, model = thinker_run
+    config = write_export(tmp_path, [read_stage_weights(run_dir, "thinker")], tokenizer=tokenizer)
+    # Every file but config.json itself (which lists them) has its checksum, also in the file on disk.
+    assert set(config["files"]) == {"model.safetensors", "tokenizer.model", "generation_config.json", "README.md"}
+    assert json.loads((tmp_path / "config.json").read_text())["files"] == config["files"]
+    assert config["files"]["model.safetensors"]["bytes"] == (tmp_path / "model.safetensors").stat().st_size
+    omni.load_exported(tmp_path)  # untouched: verifies and loads
+
+    flip_tensor_bit(tmp_path / "model.safetensors")
+    with pytest.raises(UserError, match=rf"^{tmp_path}/model.safetensors: sha256 mismatch \(expected [0-9a-f]{{64}}, "
+                                        r"got [0-9a-f]{64}\): the file was changed or damaged after export; "
+                                        r"re-export it$"):
+        omni.load_exported(tmp_path)
+    damaged = omni.load_exported(tmp_path, verify=False).thinker.state_dict()
+    differ = [k for k, v in model.state_dict().items() if not torch.equal(damaged[k], v)]
+    assert len(differ) >= 1  # what verify=False (or an export without checksums) would have served silently
+
+    flip_tensor_bit(tmp_path / "model.safetensors")  # flipped back: the weights are right again
+    read_export(tmp_path)
+    (tmp_path / "tokenizer.model").write_bytes(b"")
+    with pytest.raises(UserError, match=r"tokenizer.model: size mismatch"):  # every listed file is checked
+        read_export(tmp_path)
+
+
+def test_export_without_checksums_loads_with_a_warning(thinker_run, tokenizer, tmp_path, caplog):
+    """An export written before config.json had "files" still loads; the log says it could not be verified."""
+    run_dir, model = thinker_run
+    write_export(tmp_path, [read_stage_weights(run_dir, "thinker")], tokenizer=tokenizer)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["files"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with caplog.at_level("WARNING"):
+        loaded = omni.load_exported(tmp_path)
+    assert f"{tmp_path}: exported before omni recorded checksums" in caplog.text
+    assert "cannot be verified" in caplog.text
+    with torch.no_grad():
+        assert torch.equal(loaded.thinker(ids())[0], model(ids())[0])
+
+
+def test_reexport_keeps_the_users_files_and_removes_only_its_own_stale_ones(monkeypatch, thinker_run, tokenizer,
+                                                                            tmp_path):
+    run_dir, _ = thinker_run
+    out = tmp_path / "out"
+    write_export(out, [read_stage_weights(run_dir, "thinker")], tokenizer=tokenizer)
+    (out / "notes.txt").write_text("eval: 71% on my set")
+    (out / "results").mkdir()
+    # Re-export something without a tokenizer: the tokenizer files of the previous export go, the user's stay.
+    monkeypatch.setitem(COMPONENTS, "vocoder", Component("vocoder", "hifigan.pt", "omni._not_written_yet", "G", "GC"))
+    atomic_save({"model": {"embed.weight": torch.randn(4, 2)}, "config": {"d_model": 2}}, tmp_path / "hifigan.pt")
+    config = write_export(out, [read_stage_weights(tmp_path / "hifigan.pt", "vocoder")])
+    assert {p.name for p in out.iterdir()} == {*config["files"], "config.json", "notes.txt", "results"}
+    assert "tokenizer.model" not in config["files"] and "generation_config.json" not in config["files"]
+    assert (out / "notes.txt").read_text() == "eval: 71% on my set"
+    assert omni.load_exported(out).config["components_present"] == ["vocoder"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+    # Over an export from before config.json listed its files, the names an export may write stand in for the list.
+    write_export(out, [read_stage_weights(run_dir, "thinker")], tokenizer=tokenizer)
+    config = json.loads((out / "config.json").read_text())
+    del config["files"]
+    (out / "config.json").write_text(json.dumps(config))
+    write_export(out, [read_stage_weights(tmp_path / "hifigan.pt", "vocoder")])
+    assert not (out / "tokenizer.model").exists() and (out / "notes.txt").exists()
+
+
+def test_interrupted_export_leftovers_are_removed_by_the_next_export(thinker_run, tokenizer, tmp_path, caplog):
+    """A killed export leaves its hidden temporary folder beside the target; the next export of that target removes
+    it and says so, but never one that a running export holds, nor anything else."""
+    from omni.export_files import _hold
+
+    run_dir, _ = thinker_run
+    leftover = tmp_path / ".out.export-tmp-k1ll3d"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"\0" * 100)  # half written when the process was killed
+    running = tmp_path / ".out.export-tmp-running"
+    running.mkdir()
+    (tmp_path / ".out.mine").mkdir()  # not an export's temporary folder
+    (tmp_path / ".other.export-tmp-x").mkdir()  # another target's
+    held = _hold(running)
+    try:
+        with caplog.at_level("WARNING"):
+            write_export(tmp_path / "out", [read_stage_weights(run_dir, "thinker")], tokenizer=tokenizer)
+    finally:
+        os.close(held)
+    assert not leftover.exists() and running.exists()
+    assert (tmp_path / ".out.mine").exists() and (tmp_path / ".other.export-tmp-x").exists()
+    assert "left by an interrupted export" in caplog.text and ".out.export-tmp-k1ll3d" in caplog.text
+    omni.load_exported(tmp_path / "out")
 
 
 def test_merge_trainable_overrides_adds_and_reports():

@@ -11,10 +11,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from omni.config import to_dict
-from omni.hf_export import hf_config, write_hf_thinker
+from omni.errors import UserError
+from omni.hf_export import hf_config, verify_hf_thinker, write_hf_thinker
 from omni.thinker import Thinker, ThinkerConfig
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer, train_tokenizer
 from omni.training.checkpoint import atomic_save
+from tests.test_export import flip_tensor_bit
 
 REPO = Path(__file__).resolve().parent.parent
 VOCAB = 384
@@ -112,3 +114,32 @@ def test_moe_thinker_exports_to_qwen3_moe(tokenizer, tmp_path):
 def test_unmappable_thinker_is_refused():
     with pytest.raises(ValueError, match="qk_norm=False"):
         hf_config(ThinkerConfig(vocab_size=VOCAB, d_model=32, n_heads=4, qk_norm=False))
+
+
+def test_hf_export_checksums_reexport_and_leftovers(tokenizer, tmp_path, caplog):
+    """The HF folder records its files' checksums in omni_files.json (transformers ignores it) and
+    verify_hf_thinker names a damaged file; a re-export keeps the user's files and removes an interrupted export's
+    temporary folder."""
+    model = tiny_thinker()
+    out = tmp_path / "hf"
+    manifest = write_hf_thinker(out, model.state_dict(), model.cfg, tokenizer=tokenizer)
+    assert set(manifest["files"]) == {"model.safetensors", "config.json", "generation_config.json", "tokenizer.model",
+                                      "tokenizer_config.json"}
+    verify_hf_thinker(out)
+    (out / "notes.txt").write_text("mine")
+    leftover = tmp_path / ".hf.export-tmp-k1ll3d"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"\0" * 100)
+    with caplog.at_level("WARNING"):
+        write_hf_thinker(out, model.state_dict(), model.cfg, tokenizer=tokenizer)
+    assert (out / "notes.txt").read_text() == "mine" and not leftover.exists()
+    assert ".hf.export-tmp-k1ll3d" in caplog.text
+
+    flip_tensor_bit(out / "model.safetensors")
+    with pytest.raises(UserError, match=rf"^{out}/model.safetensors: sha256 mismatch .*re-export it$"):
+        verify_hf_thinker(out)
+    (out / "omni_files.json").unlink()  # as an export from before checksums: accepted, with a warning
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        verify_hf_thinker(out)
+    assert "cannot be verified" in caplog.text
