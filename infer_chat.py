@@ -44,6 +44,8 @@ from omni.training import checkpoint as ckpt
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--omni_ckpt", help=f"Stage-E run dir or {SFT_WEIGHTS_FILE}")
 parser.add_argument("--model_dir", help="an export.py folder (instead of the checkpoints)")
+parser.add_argument("--no_verify", action="store_true",
+                    help="skip checking --model_dir's files against their sha256 (faster start, damage goes unseen)")
 parser.add_argument("--thinker_ckpt", help="Stage-A run dir or thinker.pt (default: the one omni_final.pt names)")
 parser.add_argument("--audio_ckpt", help="Stage-B run dir or audio_enc.pt (default: the one omni_final.pt names)")
 parser.add_argument("--vision_ckpt", help="Stage-C run dir or vision.pt (default: the one omni_final.pt names)")
@@ -101,7 +103,7 @@ try:
     if args.model_dir:
         if not Path(args.model_dir).is_dir():
             fail(f"--model_dir {args.model_dir}: no such folder")
-        m = omni.load_exported(args.model_dir, device=device)
+        m = omni.load_exported(args.model_dir, device=device, verify=not args.no_verify)
         present, sections = m.config["components_present"], m.config["components"]
         if "thinker" not in present or m.tokenizer is None:
             fail(f"{args.model_dir} holds no Thinker and tokenizer (present: {present})")

@@ -4,6 +4,7 @@ Answers of random tiny models are gibberish: the tests check the plumbing (exit 
 the two loading paths), not the content."""
 
 import dataclasses
+import shutil
 import subprocess
 import sys
 
@@ -155,6 +156,18 @@ def test_export_runs_every_mode_and_answers_as_the_checkpoints_do(tiny, tmp_path
     assert " cer " in exported[2]
     forced = ok(chat("--model_dir", root / "merged", "--text", "Hi", "--speak", tmp_path / "g.wav", "--griffin_lim"))
     assert "griffin-lim" in forced[1]  # the exported HiFi-GAN is set aside on request
+
+
+def test_damaged_export_is_refused_unless_no_verify(tiny, tmp_path):
+    from tests.test_export import flip_tensor_bit
+
+    root, _ = tiny
+    shutil.copytree(root / "merged", tmp_path / "merged")
+    flip_tensor_bit(tmp_path / "merged" / "model.safetensors")
+    result = chat("--model_dir", tmp_path / "merged", "--text", "Hi")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{tmp_path}/merged/model.safetensors: sha256 mismatch" in result.stderr, result.stderr
+    ok(chat("--model_dir", tmp_path / "merged", "--text", "Hi", "--no_verify"))
 
 
 def test_interactive_answers_each_line_until_exit(tiny):
