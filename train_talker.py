@@ -9,10 +9,11 @@ Two phases, each a resumable run of its own with its own model/data/train sectio
   perplexity of each codebook's usage (codebook_size at best, 1 = collapsed).
 - phase "talker": the Talker learns text -> codes. Runs in talker.train.save_dir (checkpoints `talker_step_N.pt`).
   At its start the trained codec is copied beside it (`rvq_codec.pt`, the codec this Talker speaks) and every
-  utterance is encoded once into a code cache named by a hash of codec, tokenizer and manifest, so the Talker's
-  data loading reads no audio. If the codec run changes after the Talker run started, the Talker stops instead of
-  mixing codes of two codecs (--force keeps the codec it started with). Metrics: code cross entropy and accuracy
-  (all codebooks and per codebook) on the held-out utterances; sample sentences are spoken at each evaluation.
+  utterance is encoded once into a code cache, rebuilt when the codec, tokenizer, manifest or an audio file changes
+  (the log says reused or rebuilt, and why), so the Talker's data loading reads no audio. If the codec run changes
+  after the Talker run started, the Talker stops instead of mixing codes of two codecs (--force keeps the codec it
+  started with). Metrics: code cross entropy and accuracy (all codebooks and per codebook) on the held-out
+  utterances; sample sentences are spoken at each evaluation.
   Final weights `talker.pt`, with `rvq_codec.pt` and `tokenizer.model` (Stage A's) beside it.
 - phase "all" (default) runs both in sequence. Rerunning the same command resumes whichever phase was interrupted;
   a finished phase only rewrites its final files.
@@ -27,9 +28,10 @@ import torch
 
 from omni.codec import Codec, usage_perplexity
 from omni.config import load_config, to_dict
-from omni.data.resumable import ResumableDataset
+from omni.data import fingerprint
+from omni.data.resumable import ResumableDataset, require_usable
 from omni.data.speech import load_asr_records
-from omni.data.tts import SpeechClips, TalkerCodes, build_code_cache, random_segments
+from omni.data.tts import SpeechClips, TalkerCodes, build_code_cache, code_cache_path, random_segments
 from omni.speech import CODEC_FILE, TALKER_FILE, load_component
 from omni.stages import TalkerStage
 from omni.talker import IGNORE_INDEX, Talker, code_accuracy, talker_targets
@@ -48,6 +50,7 @@ def train_codec(c) -> None:
                                  batch_size=c.train.batch_size, seed=c.train.seed, bucket_batches=c.data.bucket_batches)
     val_source = SpeechClips(load_asr_records(c.data.val_manifest), n_mels=n_mels)
     run.info(f"data: {len(train_set)} training clips, {len(val_source)} validation clips")
+    require_usable(val_source, name=c.data.val_manifest)
     model = Codec(c.model)
     model = run.setup(model, adamw(model, lr=c.train.lr, weight_decay=c.train.weight_decay), train_set)
 
@@ -126,11 +129,10 @@ def train_talker(t, codec_dir) -> None:
     def codes(manifest, name) -> TalkerCodes:
         kwargs = dict(codec=codec, codec_file=codec_file, tokenizer=tokenizer, max_text_len=t.model.max_text_len,
                       max_frames=t.model.max_frames, cache_dir=run.run_dir, name=name, device=run.device, log=run.info)
-        records = load_asr_records(manifest)
         if run.is_main:
-            build_code_cache(records, **kwargs)
+            build_code_cache(load_asr_records(manifest), **kwargs)
         barrier()
-        return TalkerCodes(build_code_cache(records, **kwargs))
+        return TalkerCodes(code_cache_path(run.run_dir, name))
 
     train_set = ResumableDataset(codes(t.data.train_manifest, "train"), batch_size=t.train.batch_size,
                                  seed=t.train.seed, bucket_batches=t.data.bucket_batches)
@@ -138,10 +140,14 @@ def train_talker(t, codec_dir) -> None:
     unusable = sum(bool(b) for b in val_codes.bad)
     run.info(f"data: {len(train_set)} training utterances, {len(val_codes)} validation utterances "
              f"({unusable} unusable, not scored)")
+    require_usable(val_codes, name=t.data.val_manifest)
 
     # ---- model
     model = Talker(t.model)
     model = run.setup(model, adamw(model, lr=t.train.lr, weight_decay=t.train.weight_decay), train_set)
+    if run.is_main:  # a resumed run whose data changed under it says so
+        fingerprint.note_run_data(run.run_dir, {f"talker.data.{split}_manifest": fingerprint.content_digest(
+            code_cache_path(run.run_dir, split)) for split in ("train", "val")}, resumed=run.step > 0, log=run.info)
     K, V = t.model.n_codebooks, t.model.codebook_size
 
     def evaluate() -> dict:

@@ -9,8 +9,9 @@ perplexity over every token of data.val_path. Final weights: <save_dir>/thinker.
 import torch
 
 from omni.config import load_config, to_dict
+from omni.data import fingerprint
 from omni.data.resumable import ResumableDataset
-from omni.data.text import TokenWindows, build_token_cache, open_tokens
+from omni.data.text import TokenWindows, build_token_cache, open_tokens, token_cache_path
 from omni.metrics import perplexity
 from omni.stages import TextStage
 from omni.thinker import Thinker
@@ -24,28 +25,41 @@ run = Run(cfg, name="thinker", metric="val_ppl", mode="min", force=args.force)
 # ---- tokenizer and data (rank 0 builds, the others wait and load)
 tokenizer_path = cfg.data.tokenizer or run.run_dir / TOKENIZER_FILE
 if run.is_main:
+    # The tokenizer trained here is this run's for good (the model's ids depend on it), even when the corpus changes.
+    trained_on = fingerprint.cache_inputs([cfg.data.train_path], vocab_size=cfg.model.vocab_size,
+                                          model_type=cfg.data.tokenizer_model_type)
     if cfg.data.tokenizer is None and not tokenizer_path.exists():
         run.info(f"training a {cfg.model.vocab_size}-piece tokenizer on {cfg.data.train_path}")
         train_tokenizer([cfg.data.train_path], run.run_dir, vocab_size=cfg.model.vocab_size,
                         model_type=cfg.data.tokenizer_model_type)
+        fingerprint.record_built(tokenizer_path, trained_on)
+    elif (cfg.data.tokenizer is None and fingerprint.read_record(tokenizer_path)  # (none: trained before records)
+          and (why := fingerprint.stale_reason(tokenizer_path, trained_on))):
+        run.info(f"WARNING: keeping this run's {tokenizer_path}, although it was trained on other data ({why}); "
+                 "use a new train.save_dir for a tokenizer of the corpus as it is now")
     tokenizer = Tokenizer.load(tokenizer_path)
-    build_token_cache(cfg.data.train_path, tokenizer)
-    build_token_cache(cfg.data.val_path, tokenizer)
+    build_token_cache(cfg.data.train_path, tokenizer, log=run.info)
+    build_token_cache(cfg.data.val_path, tokenizer, log=run.info)
 barrier()
 tokenizer = Tokenizer.load(tokenizer_path)
 if tokenizer.vocab_size != cfg.model.vocab_size:
     raise SystemExit(f"{tokenizer_path} has {tokenizer.vocab_size} pieces, model.vocab_size is {cfg.model.vocab_size}")
-train_tokens = open_tokens(build_token_cache(cfg.data.train_path, tokenizer), tokenizer.vocab_size)
-val_tokens = open_tokens(build_token_cache(cfg.data.val_path, tokenizer), tokenizer.vocab_size)
+train_cache, val_cache = (token_cache_path(p, tokenizer) for p in (cfg.data.train_path, cfg.data.val_path))
+train_tokens = open_tokens(train_cache, tokenizer.vocab_size)
+val_tokens = open_tokens(val_cache, tokenizer.vocab_size)
 train_set = ResumableDataset(TokenWindows(train_tokens, cfg.data.seq_len, name=cfg.data.train_path),
                              batch_size=cfg.train.batch_size, seed=cfg.train.seed)
-val_source = TokenWindows(val_tokens, cfg.data.seq_len, name=cfg.data.val_path)
+val_source = TokenWindows(val_tokens, cfg.data.seq_len, name=cfg.data.val_path)  # too short: an error, here
 run.info(f"corpus: {len(train_tokens):,} training tokens, {len(val_tokens):,} validation tokens")
 
 # ---- model
 model = Thinker(cfg.model)
 optimizer = adamw(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 model = run.setup(model, optimizer, train_set)
+if run.is_main:  # a resumed run whose corpus changed under it says so
+    fingerprint.note_run_data(run.run_dir, {"data.train_path": fingerprint.content_digest(train_cache),
+                                            "data.val_path": fingerprint.content_digest(val_cache)},
+                              resumed=run.step > 0, log=run.info)
 
 
 def evaluate() -> dict:

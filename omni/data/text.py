@@ -2,7 +2,9 @@
 
 `<corpus>.<tokenizer fingerprint>.bin` holds every document as <bos> ids <eos>, back to back, so no window wastes
 room on padding. Window i covers tokens [i*L, i*L + L] (L+1 tokens: inputs are the first L, targets the last L).
-The cache is rebuilt when the tokenizer changes (its fingerprint is in the name) and written atomically.
+The cache is written atomically. A different tokenizer gets a cache of its own (its fingerprint is in the name);
+an edited corpus (new size or mtime, see omni.data.fingerprint) rebuilds the cache in place, and the log says
+whether a cache was reused or rebuilt, and why.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import numpy as np
 import torch
 
 from omni.atomic import atomic_file
+from omni.data import fingerprint
 from omni.data.manifest import read_text_lines
+from omni.errors import UserError
 from omni.tokenizer import Tokenizer
 
 
@@ -35,17 +39,23 @@ def token_cache_path(corpus: str | Path, tokenizer: Tokenizer) -> Path:
     return corpus.with_name(f"{corpus.name}.{tokenizer.fingerprint}.bin")
 
 
-def build_token_cache(corpus: str | Path, tokenizer: Tokenizer) -> Path:
-    """Tokenize `corpus` into its memmap cache unless that exists already; returns the cache path."""
+def build_token_cache(corpus: str | Path, tokenizer: Tokenizer, *, log=print) -> Path:
+    """Tokenize `corpus` into its memmap cache unless the cache is current (same tokenizer, corpus of the same size
+    and mtime as when it was built); returns the cache path. `log` gets one line: reused, or built and why."""
     out = token_cache_path(corpus, tokenizer)
-    if out.exists():
+    inputs = fingerprint.cache_inputs([corpus], tokenizer=tokenizer.fingerprint)
+    reason = fingerprint.stale_reason(out, inputs)
+    if reason is None:
+        log(f"token cache {out}: reused ({corpus} unchanged since it was built)")
         return out
+    log(f"token cache {out}: tokenizing {corpus} ({reason})")
     dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
     ids = []
     for doc in read_documents(corpus):
         ids.extend(tokenizer.encode(doc, bos=True, eos=True))
     with atomic_file(out) as f:
         np.asarray(ids, dtype=dtype).tofile(f)
+    fingerprint.record_built(out, inputs)
     return out
 
 
@@ -62,7 +72,8 @@ class TokenWindows:
         self.seq_len = seq_len
         self.n = (len(tokens) - 1) // seq_len
         if self.n < 1:
-            raise ValueError(f"{name}: {len(tokens)} tokens cannot fill one window of {seq_len + 1} tokens")
+            raise UserError(f"{name}: {len(tokens)} tokens cannot fill one window of {seq_len + 1} tokens "
+                            "(data.seq_len + 1): add text or lower data.seq_len")
 
     def __len__(self) -> int:
         return self.n

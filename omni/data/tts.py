@@ -9,8 +9,9 @@ layout Stage B reads feeds these stages too.
   with the global torch RNG inside the training step, never in data workers: the RNG state is checkpointed, so a
   resumed run draws the same crops as an uninterrupted one, for any num_workers.
 - `build_code_cache` / `TalkerCodes`: the Talker trains on the codes of a frozen, trained codec. They are computed
-  once per (codec weights, tokenizer, manifest) into a cache file named by a hash of the three, so a changed codec
-  never feeds stale codes, and the Talker's data loading reads no audio at all. Utterances that cannot be used
+  once into a cache file that is rebuilt when the codec weights, the tokenizer, the manifest or any audio file
+  (size, mtime) changes (omni.data.fingerprint), so a changed codec or a re-rendered clip never feeds stale codes,
+  and the Talker's data loading reads no audio at all. Utterances that cannot be used
   (unreadable audio, empty text, too long for the Talker) are kept in the cache as a reason, and the source raises
   `BadSample` with it, so the training loop counts and reports them like any other bad sample.
 """
@@ -30,6 +31,7 @@ from omni.audio import (
     LOG_MEL_FLOOR,
     LogMel,
 )
+from omni.data import fingerprint
 from omni.data.resumable import BadSample
 from omni.data.speech import AsrSource, load_log_mel, load_waveform
 from omni.training.checkpoint import atomic_save
@@ -124,13 +126,21 @@ def random_segments(
     return mel_out, (lengths - start).clamp(max=S), wav_out
 
 
-def _fingerprint(records: list[dict], codec_file: Path, tokenizer, n_mels: int) -> str:
-    h = hashlib.sha256()
-    h.update(Path(codec_file).read_bytes())
-    h.update(tokenizer.fingerprint.encode())
-    h.update(json.dumps([[str(r["audio"]), r["text"]] for r in records]).encode())
-    h.update(str(n_mels).encode())
-    return h.hexdigest()[:16]
+def code_cache_path(cache_dir: str | Path, name: str) -> Path:
+    return Path(cache_dir) / f"{name}.codes.pt"
+
+
+def _code_cache_inputs(records: list[dict], codec_file, tokenizer, n_mels: int, max_text_len: int,
+                       max_frames: int) -> dict:
+    """What a code cache depends on (see omni.data.fingerprint): every audio file by size and mtime (a clip
+    re-rendered in place changes its codes), the codec weights and the record list (transcripts included) by
+    hash, the tokenizer, and the limits that decide which records are unusable. A missing audio file is an input
+    too (its record is a bad sample), so the cache is rebuilt when it appears."""
+    records_hash = hashlib.sha256(json.dumps([[str(r["audio"]), r["text"]] for r in records]).encode())
+    return fingerprint.cache_inputs(
+        [r["audio"] for r in records], missing_ok=True,
+        codec=fingerprint.file_digest(codec_file), tokenizer=tokenizer.fingerprint,
+        records=records_hash.hexdigest()[:16], n_mels=n_mels, max_text_len=max_text_len, max_frames=max_frames)
 
 
 @torch.no_grad()
@@ -148,13 +158,17 @@ def build_code_cache(
     batch_size: int = 16,
     log=print,
 ) -> Path:
-    """Encode every record once with the frozen `codec` (eval mode): `<cache_dir>/<name>.<hash>.codes.pt` holding
-    per record the text ids (int32) and codes (F, K) (int16), or the reason it is unusable. Returns the path; an
-    existing cache for the same codec file, tokenizer and records is reused. Call on one process only."""
-    path = Path(cache_dir) / f"{name}.{_fingerprint(records, codec_file, tokenizer, codec.cfg.n_mels)}.codes.pt"
-    if path.exists():
+    """Encode every record once with the frozen `codec` (eval mode): `<cache_dir>/<name>.codes.pt` holding per
+    record the text ids (int32) and codes (F, K) (int16), or the reason it is unusable. Returns the path. The
+    cache is reused while its inputs (`_code_cache_inputs`) are unchanged, else rebuilt in place; `log` says which
+    and why. Call on one process only."""
+    path = code_cache_path(cache_dir, name)
+    inputs = _code_cache_inputs(records, codec_file, tokenizer, codec.cfg.n_mels, max_text_len, max_frames)
+    reason = fingerprint.stale_reason(path, inputs)
+    if reason is None:
+        log(f"code cache {path}: reused (codec, tokenizer, transcripts and {len(records)} audio files unchanged)")
         return path
-    log(f"encoding {len(records)} utterances with the frozen codec into {path}")
+    log(f"encoding {len(records)} utterances with the frozen codec into {path} ({reason})")
     clips = SpeechClips(records, n_mels=codec.cfg.n_mels)
     text_ids, codes, reasons = [], [], []
     pending: list[tuple[int, dict]] = []  # (record index, clip) waiting to be encoded as one batch
@@ -189,6 +203,7 @@ def build_code_cache(
     if pending:
         flush()
     atomic_save({"text_ids": text_ids, "codes": codes, "bad": reasons}, path)
+    fingerprint.record_built(path, inputs)
     return path
 
 
