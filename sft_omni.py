@@ -25,7 +25,7 @@ import torch
 
 from omni.audio_encoder import AudioEncoderConfig
 from omni.config import from_dict, load_config, to_dict
-from omni.data.resumable import BadSample, ResumableDataset
+from omni.data.resumable import BadSample, ResumableDataset, require_usable
 from omni.data.sft import SftSource, read_sft_manifest
 from omni.omni_model import IGNORE_INDEX, OmniModel, greedy_exact_match
 from omni.stages import SftStage
@@ -104,6 +104,7 @@ def source(split: str) -> SftSource:
 train_set = ResumableDataset(source("train"), batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                              bucket_batches=cfg.data.bucket_batches)
 val_source = source("val")
+require_usable(val_source, name=cfg.data.val_manifest)  # before any step, not at the first evaluation
 
 # ---- optimizer: one group per component, each with its own peak LR
 run = Run(cfg, name="omni_sft", metric="mixed_acc", mode="max", force=args.force, trainable_only=True)

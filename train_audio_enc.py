@@ -28,7 +28,7 @@ from omni.audio import spec_augment
 from omni.audio_encoder import AsrModel, AudioEncoder, ctc_loss
 from omni.config import load_config, to_dict
 from omni.ctc import CharVocab, ctc_greedy_decode
-from omni.data.resumable import ResumableDataset
+from omni.data.resumable import ResumableDataset, require_usable
 from omni.data.speech import AsrSource, load_asr_records, normalize_transcript
 from omni.metrics import char_error_counts, word_error_counts
 from omni.stages import AudioStage
@@ -66,6 +66,7 @@ def asr_source(records) -> AsrSource:
 train_set = ResumableDataset(asr_source(train_records), batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                              bucket_batches=cfg.data.bucket_batches)
 val_source = asr_source(val_records)
+require_usable(val_source, name=cfg.data.val_manifest)  # before any step, not at the first evaluation
 run.info(f"data: {len(train_records)} training utterances, {len(val_records)} validation utterances, "
          f"{len(vocab) - 1} characters: {''.join(vocab.to_list())!r}")
 for split, source in (("training", train_set.source), ("validation", val_source)):

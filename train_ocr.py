@@ -18,7 +18,7 @@ from omni.atomic import atomic_write_text
 from omni.config import load_config, to_dict
 from omni.ctc import CharVocab, ctc_greedy_decode
 from omni.data.images import OcrSource, read_ocr_manifest
-from omni.data.resumable import ResumableDataset
+from omni.data.resumable import ResumableDataset, require_usable
 from omni.metrics import char_error_counts
 from omni.ocr import OcrModel
 from omni.stages import OcrStage
@@ -54,6 +54,7 @@ def ocr_source(records) -> OcrSource:
 train_set = ResumableDataset(ocr_source(train_records), batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                              bucket_batches=cfg.data.bucket_batches)
 val_source = ocr_source(val_records)
+require_usable(val_source, name=cfg.data.val_manifest)  # before any step, not at the first evaluation
 run.info(f"data: {len(train_records)} training lines, {len(val_records)} validation lines, "
          f"{len(vocab) - 1} characters: {''.join(vocab.to_list())!r}")
 

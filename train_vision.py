@@ -22,7 +22,7 @@ import torch
 from omni.config import from_dict, load_config, to_dict
 from omni.contrastive import ContrastiveModel, caption_retrieval
 from omni.data.images import ImageSource, label_names, read_image_manifest
-from omni.data.resumable import ResumableDataset
+from omni.data.resumable import ResumableDataset, require_usable
 from omni.stages import VisionStage
 from omni.thinker import Thinker, ThinkerConfig
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer
@@ -89,6 +89,7 @@ def image_source(records) -> ImageSource:
 
 train_set = ResumableDataset(image_source(train_records), batch_size=cfg.train.batch_size, seed=cfg.train.seed)
 val_source = image_source(val_records)
+require_usable(val_source, name=cfg.data.val_manifest)  # before any step, not at the first evaluation
 run.info(f"data: {len(train_records)} training images, {len(val_records)} validation images, objective "
          f"{cfg.model.objective}" + (f", classes {labels}" if labels else f", tokenizer {tokenizer_path}"))
 if use_thinker:

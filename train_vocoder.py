@@ -21,7 +21,7 @@ stay in the step checkpoints).
 """
 
 from omni.config import load_config, to_dict
-from omni.data.resumable import ResumableDataset
+from omni.data.resumable import ResumableDataset, require_usable
 from omni.data.speech import load_asr_records
 from omni.data.tts import SpeechClips, random_segments
 from omni.speech import VOCODER_FILE
@@ -39,6 +39,7 @@ val_records = load_asr_records(cfg.data.val_manifest)[: cfg.data.val_utterances]
 train_set = ResumableDataset(SpeechClips(load_asr_records(cfg.data.train_manifest), n_mels=cfg.model.n_mels,
                                          with_wav=True), batch_size=cfg.train.batch_size, seed=cfg.train.seed)
 val_source = SpeechClips(val_records, n_mels=cfg.model.n_mels)
+require_usable(val_source, name=cfg.data.val_manifest)  # before any step, not at the first evaluation
 run.info(f"data: {len(train_set)} training clips (random {cfg.data.segment_frames}-frame crops), "
          f"{len(val_source)} validation clips")
 

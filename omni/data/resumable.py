@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from omni.errors import UserError
+
 
 class BadSample(Exception):
     """Raised by a source for an item it cannot use; the message names the file and the reason."""
@@ -123,6 +125,26 @@ def evaluation_batches(source, *, batch_size: int, rank: int = 0, world_size: in
     ds = ResumableDataset(source, batch_size=batch_size, shuffle=False, drop_last=False)
     for b in range(rank, ds.num_batches(1), world_size):
         yield ds._load(b, np.arange(b * batch_size, min((b + 1) * batch_size, len(source))))
+
+
+def require_usable(source, *, name: str, what: str = "validation") -> int:
+    """Index of the first sample of `source` that loads; a UserError naming `name` (the file it comes from) when
+    none does. Stages call it on their validation source at setup: an evaluation over no sample would divide by
+    zero (or concatenate nothing) at the first val_freq step, or at the end of the run. It scans only until the
+    first good sample, so a healthy validation set costs one sample load."""
+    reasons = []
+    for i in range(len(source)):
+        try:
+            source[i]
+        except BadSample as e:
+            reasons.append(str(e))
+            continue
+        return i
+    if not reasons:
+        raise UserError(f"{name}: the {what} set is empty: nothing to evaluate on")
+    shown = "\n  ".join(reasons[:3]) + (f"\n  ... and {len(reasons) - 3} more" if len(reasons) > 3 else "")
+    raise UserError(f"{name}: no usable {what} sample: all {len(reasons)} are bad, so nothing could be scored:\n  "
+                    f"{shown}")
 
 
 def seed_worker_generator(seed: int, epoch: int) -> torch.Generator:
