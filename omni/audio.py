@@ -33,6 +33,8 @@ import torch
 import torchaudio
 from torch import nn
 
+from omni.errors import InvalidInput
+
 SAMPLE_RATE = 16000  # Hz; everything is resampled to this on load
 N_FFT = 400  # 25 ms analysis window at 16 kHz
 WIN_LENGTH = 400  # window length equals n_fft (no zero-padded window)
@@ -57,7 +59,7 @@ TRUNCATION_SECONDS = 0.5  # ... or 0.5 s shorter, whichever is less: half a seco
 TRUNCATION_SLACK_SECONDS = 0.05  # plus this, for durations rounded in a manifest and codec frame padding
 
 
-class AudioError(ValueError):
+class AudioError(InvalidInput):
     """An audio file that cannot be used (unreadable, truncated, empty or silent); the message names the file."""
 
 

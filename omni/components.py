@@ -26,12 +26,13 @@ import torch
 from torch import nn
 
 from omni.config import ConfigError, from_dict
+from omni.errors import InvalidInput
 from omni.training.checkpoint import load as load_checkpoint
 
 SFT_WEIGHTS_FILE = "omni_final.pt"  # Stage E: trainable-only parameters, keys prefixed by component
 
 
-class ExportError(ValueError):
+class ExportError(InvalidInput):
     """A checkpoint or export folder that cannot be exported/loaded; the message names the file and key."""
 
 

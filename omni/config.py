@@ -80,6 +80,9 @@ class TrainConfig:
             raise ValueError(f"train.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"train.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        for f in dataclasses.fields(self):  # also when built in code, not from a file (see _coerce)
+            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
+                raise ValueError(f"train.{f.name} must be a finite number, got {getattr(self, f.name)}")
 
 
 class ConfigError(UserError, ValueError):
@@ -195,6 +198,10 @@ def load_config(cls, argv: list[str] | None = None, description: str | None = No
         missing = missing_data_paths(cfg)
         if missing:
             raise ConfigError(f"{args.config}: data not found: " + ", ".join(missing))
+        not_dirs = [f"{key}={value}" for key, value in _fields_named(cfg, "save_dir")
+                    if isinstance(value, str) and Path(value).exists() and not Path(value).is_dir()]
+        if not_dirs:
+            raise ConfigError(f"{args.config}: the run directory is an existing file: " + ", ".join(not_dirs))
     except (ConfigError, FileNotFoundError) as e:
         parser.exit(2, f"config error: {e}\n")
     return cfg, args
@@ -218,12 +225,30 @@ def missing_data_paths(cfg, prefix: str = "") -> list[str]:
     return missing
 
 
+def _fields_named(cfg, name: str, prefix: str = ""):
+    """(dotted key, value) of every field called `name` in a nested config (e.g. each part's train.save_dir)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _fields_named(value, name, f"{prefix}{f.name}.")
+        elif f.name == name:
+            yield f"{prefix}{f.name}", value
+
+
 def load_config_file(cls, path: str | Path, overrides: list[str] = ()):
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; --config takes a JSON file (e.g. configs/thinker_tiny.json)")
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text())
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save it as UTF-8") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     cfg = from_dict(cls, data, str(path))

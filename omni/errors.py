@@ -23,6 +23,14 @@ class UserError(Exception):
     where; shown without a traceback."""
 
 
+class InvalidInput(UserError, ValueError):
+    """A user's file or value that is there but wrong (also a ValueError, for callers that catch those)."""
+
+
+class MissingInput(UserError, FileNotFoundError):
+    """A file or folder the user named that does not exist (also a FileNotFoundError)."""
+
+
 def report_user_errors(exc_type, exc, tb) -> None:
     """sys.excepthook: a UserError becomes `error: message`; anything else is shown as usual. Either way Python then
     exits with status 1, after its normal shutdown (atexit handlers, DataLoader workers)."""

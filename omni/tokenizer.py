@@ -28,6 +28,7 @@ import sentencepiece as spm
 
 from omni.atomic import atomic_file
 from omni.data.manifest import decode_line
+from omni.errors import InvalidInput, MissingInput
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 IM_START, IM_END, IMAGE, AUDIO = "<|im_start|>", "<|im_end|>", "<image>", "<audio>"
@@ -85,7 +86,7 @@ def train_tokenizer(
         raise ValueError("train_tokenizer: corpus_files is empty")
     for path in files:
         if not path.is_file():
-            raise FileNotFoundError(f"train_tokenizer: corpus file not found: {path}")
+            raise MissingInput(f"train_tokenizer: corpus file not found: {path}")
     if model_type not in MODEL_TYPES:
         raise ValueError(f"train_tokenizer: model_type={model_type!r}; expected one of {MODEL_TYPES}")
     names = ", ".join(str(p) for p in files)
@@ -114,18 +115,18 @@ def train_tokenizer(
             raise counter[1] from None
         msg = str(e)
         if counter[0] == 0:
-            raise ValueError(f"train_tokenizer: corpus is empty (no non-blank lines) in: {names}") from None
+            raise InvalidInput(f"train_tokenizer: corpus is empty (no non-blank lines) in: {names}") from None
         if m := re.search(r"Vocabulary size too high \((\d+)\).*<= (\d+)", msg):
-            raise ValueError(
+            raise InvalidInput(
                 f"train_tokenizer: vocab_size={m.group(1)} is too large for the corpus {names}; SentencePiece "
                 f"({model_type}) can make at most {m.group(2)} pieces from it. Lower vocab_size or add text."
             ) from None
         if m := re.search(r"smaller than required_chars\. (\d+) vs (\d+)", msg):
-            raise ValueError(
+            raise InvalidInput(
                 f"train_tokenizer: vocab_size={m.group(1)} is too small for the corpus {names}; it needs at least "
                 f"{m.group(2)} (special tokens, 256 byte pieces and one piece per covered character)."
             ) from None
-        raise RuntimeError(f"train_tokenizer: SentencePiece failed on {names}: {msg}") from e
+        raise InvalidInput(f"train_tokenizer: SentencePiece failed on {names}: {msg}") from e
     if len(counter) > 1:  # the corpus was cut short by bytes that are not UTF-8
         raise counter[1]
     out_dir = Path(out_dir)
@@ -150,16 +151,16 @@ class Tokenizer:
         try:
             self._sp.LoadFromSerializedProto(data)
         except RuntimeError as e:
-            raise ValueError(f"{self.model_path} is not a SentencePiece model: {e}") from None
+            raise InvalidInput(f"{self.model_path} is not a SentencePiece model: {e}") from None
         self.fingerprint = hashlib.sha256(data).hexdigest()[:16]
         for i, piece in enumerate(SPECIAL_TOKENS):
             found = self._sp.id_to_piece(i) if i < self.vocab_size else None
             if found != piece:
-                raise ValueError(f"{self.model_path}: expected special token {piece!r} at id {i}, found {found!r}; "
+                raise InvalidInput(f"{self.model_path}: expected special token {piece!r} at id {i}, found {found!r}; "
                                  "train the tokenizer with omni.tokenizer.train_tokenizer")
         self.newline_id = self._sp.piece_to_id(_NEWLINE_PIECE)
         if not self._sp.is_byte(self.newline_id):
-            raise ValueError(f"{self.model_path}: no byte piece {_NEWLINE_PIECE} (the model lacks byte_fallback)")
+            raise InvalidInput(f"{self.model_path}: no byte piece {_NEWLINE_PIECE} (the model lacks byte_fallback)")
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
@@ -167,7 +168,7 @@ class Tokenizer:
         path = Path(path)
         model_path = path / TOKENIZER_FILE if path.is_dir() else path
         if not model_path.is_file():
-            raise FileNotFoundError(f"no tokenizer at {path} (expected a {TOKENIZER_FILE} file or a directory "
+            raise MissingInput(f"no tokenizer at {path} (expected a {TOKENIZER_FILE} file or a directory "
                                     "containing one)")
         return cls(model_path)
 
