@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from omni.atomic import atomic_write_text
-from omni.errors import UserError
+from omni.errors import MissingInput, UserError
 
 SUFFIX = ".inputs.json"
 RUN_DATA_FILE = "data_fingerprints.json"
@@ -41,7 +41,8 @@ def file_stamp(path: str | Path, *, missing_ok: bool = False) -> list[int] | Non
     except OSError as e:
         if missing_ok:
             return None
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
+        raise (MissingInput if isinstance(e, FileNotFoundError) else UserError)(
+            f"cannot read {path}: {e.strerror}") from None
     return [st.st_size, st.st_mtime_ns]
 
 

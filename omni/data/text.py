@@ -17,7 +17,7 @@ import torch
 from omni.atomic import atomic_file
 from omni.data import fingerprint
 from omni.data.manifest import read_text_lines
-from omni.errors import UserError
+from omni.errors import InvalidInput
 from omni.tokenizer import Tokenizer
 
 
@@ -72,8 +72,8 @@ class TokenWindows:
         self.seq_len = seq_len
         self.n = (len(tokens) - 1) // seq_len
         if self.n < 1:
-            raise UserError(f"{name}: {len(tokens)} tokens cannot fill one window of {seq_len + 1} tokens "
-                            "(data.seq_len + 1): add text or lower data.seq_len")
+            raise InvalidInput(f"{name}: {len(tokens)} tokens cannot fill one window of {seq_len + 1} tokens "
+                               "(data.seq_len + 1): add text or lower data.seq_len")
 
     def __len__(self) -> int:
         return self.n
