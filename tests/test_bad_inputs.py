@@ -38,6 +38,7 @@ from omni.data.resumable import BadSample
 from omni.data.sft import SftSource, read_sft_manifest
 from omni.data.speech import AsrSource, read_asr_manifest, read_librispeech
 from omni.data.text import read_documents
+from omni.errors import InvalidInput
 from omni.stages import AudioStage, TalkerStage, TextStage, VisionStage
 from omni.tokenizer import train_tokenizer
 from tests.conftest import REPO
@@ -377,9 +378,9 @@ CASES = [
 
     # ---- text corpora (Stage A): read_documents and tokenizer training
     Case("text-empty-file", lambda p: read_documents(write_lines(p / "empty.txt", [])),
-         "error", r"text corpus .*empty\.txt is empty", ValueError),
+         "error", r"text corpus .*empty\.txt is empty", InvalidInput),
     Case("text-whitespace-only", lambda p: read_documents(write_lines(p / "blank.txt", ["  ", "\t", "", " "])),
-         "error", r"text corpus .*blank\.txt is empty", ValueError),
+         "error", r"text corpus .*blank\.txt is empty", InvalidInput),
     Case("text-not-utf8", lambda p: read_documents(write_lines(p / "latin1.txt", ["hello", "", "caf\xe9"],
                                                                encoding="latin-1")),
          "error", r"latin1\.txt:3: not UTF-8"),

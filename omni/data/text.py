@@ -17,7 +17,7 @@ import torch
 from omni.atomic import atomic_file
 from omni.data import fingerprint
 from omni.data.manifest import read_text_lines
-from omni.errors import InvalidInput
+from omni.errors import InvalidInput, MissingInput
 from omni.tokenizer import Tokenizer
 
 
@@ -25,12 +25,12 @@ def read_documents(path: str | Path) -> list[str]:
     """Documents of a plain-text corpus: paragraphs separated by blank lines. Errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"text corpus not found: {path}")
+        raise MissingInput(f"text corpus not found: {path}")
     text = "\n".join(read_text_lines(path))  # non-UTF-8 bytes: ValueError naming file:line
     docs = [" ".join(block.split()) for block in text.split("\n\n")]
     docs = [d for d in docs if d]
     if not docs:
-        raise ValueError(f"text corpus {path} is empty (no non-blank text)")
+        raise InvalidInput(f"text corpus {path} is empty (no non-blank text)")
     return docs
 
 
