@@ -31,12 +31,13 @@ from omni.stage_bench import STAGES, build_stage  # noqa: E402
 GB = 1024**3
 
 
-def measure_stage(key: str, config_dir: str, device: torch.device, steps: int, batch_size: int | None) -> dict:
+def measure_stage(key: str, config_dir: str, device: torch.device, steps: int, batch_size: int | None,
+                  overrides: list[str] = ()) -> dict:
     if device.type == "cuda":
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    stage = build_stage(key, config_dir, device, batch_size=batch_size)
+    stage = build_stage(key, config_dir, device, batch_size=batch_size, overrides=overrides)
     row = {"stage": key, "name": stage.name, "config": stage.config, "batch": stage.batch,
            "precision": stage.precision, "params": stage.params, "shapes": stage.shapes}
     try:
@@ -53,6 +54,43 @@ def measure_stage(key: str, config_dir: str, device: torch.device, steps: int, b
         del stage
         gc.collect()
     return row
+
+
+def cap_allocator(device: torch.device, limit_gb: float | None) -> None:
+    """Cap this process's CUDA allocator at limit_gb (None: lift the cap), so a stage that would not fit a
+    limit_gb card runs out of memory here."""
+    total_gb = torch.cuda.get_device_properties(device).total_memory / GB
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (limit_gb or total_gb) / total_gb), device)
+    if limit_gb is not None:
+        print(f"allocator capped at {limit_gb:g} GB of {total_gb:.1f} GB ({torch.cuda.get_device_name(device)})")
+
+
+def measure_stages(stages, config_dir: str, device: torch.device, steps: int, batch_size: int | None,
+                   limit_gb: float | None, overrides: dict[str, list[str]] | None = None) -> tuple[list[dict], list]:
+    """One row per stage (measure_stage, or an OOM row naming the limit) and the stages that ran out of memory.
+    `overrides` maps a stage key to its --set-style config changes (smoke tests shrink shapes with them)."""
+    rows, failed = [], []
+    for key in stages:
+        print(f"measuring {key} ({steps} steps) ...", flush=True)
+        try:
+            row = measure_stage(key, config_dir, device, steps, batch_size, (overrides or {}).get(key, ()))
+            row["status"] = "ok" if row["loss_finite"] else "non-finite loss"
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+            # cuBLAS/cuDNN report a failed workspace allocation as a RuntimeError: also out of memory.
+            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if not isinstance(e, torch.cuda.OutOfMemoryError) and "ALLOC_FAILED" not in first_line \
+                    and "out of memory" not in first_line:
+                raise
+            # Report and go on: one table shows every stage that does not fit.
+            print(f"OUT OF MEMORY in stage {key} (limit {limit_gb} GB): {first_line}", file=sys.stderr)
+            row = {"stage": key, "name": key, "batch": "-", "precision": "-", "params": 0,
+                   "status": f"OOM at {limit_gb} GB" if limit_gb else "OOM"}
+            failed.append(key)
+        rows.append(row)
+        if device.type == "cuda":  # here, not in the except block, whose exception still holds the stage's tensors
+            gc.collect()
+            torch.cuda.empty_cache()
+    return rows, failed
 
 
 def print_table(rows: list[dict], device: torch.device) -> None:
@@ -102,31 +140,9 @@ def main(argv=None) -> int:
             print(f"measure_memory.py: --limit-gb {args.limit_gb} exceeds this GPU's {total_gb:.1f} GB",
                   file=sys.stderr)
             return 2
-        torch.cuda.set_per_process_memory_fraction(args.limit_gb / total_gb, device)
-        print(f"allocator capped at {args.limit_gb:g} GB of {total_gb:.1f} GB "
-              f"({torch.cuda.get_device_name(device)})")
+        cap_allocator(device, args.limit_gb)
 
-    rows, failed = [], []
-    for key in args.stages:
-        print(f"measuring {key} ({args.steps} steps) ...", flush=True)
-        try:
-            row = measure_stage(key, args.config_dir, device, args.steps, args.batch_size)
-            row["status"] = "ok" if row["loss_finite"] else "non-finite loss"
-        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
-            # cuBLAS/cuDNN report a failed workspace allocation as a RuntimeError: also out of memory.
-            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if not isinstance(e, torch.cuda.OutOfMemoryError) and "ALLOC_FAILED" not in first_line \
-                    and "out of memory" not in first_line:
-                raise
-            # Report and go on: one table shows every stage that does not fit.
-            print(f"OUT OF MEMORY in stage {key} (limit {args.limit_gb} GB): {first_line}", file=sys.stderr)
-            row = {"stage": key, "name": key, "batch": "-", "precision": "-", "params": 0,
-                   "status": f"OOM at {args.limit_gb} GB" if args.limit_gb else "OOM"}
-            failed.append(key)
-        rows.append(row)
-        if device.type == "cuda":  # here, not in the except block, whose exception still holds the stage's tensors
-            gc.collect()
-            torch.cuda.empty_cache()
+    rows, failed = measure_stages(args.stages, args.config_dir, device, args.steps, args.batch_size, args.limit_gb)
     print()
     print_table(rows, device)
     if device.type == "cpu":
