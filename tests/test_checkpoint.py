@@ -48,6 +48,29 @@ def test_sigkill_during_save_leaves_previous_loadable(tmp_path):
     assert state["step"] in (5, 6) and state["model"]["w"].numel() in (4, 4_000_000)
 
 
+def test_a_write_the_kernel_refuses_inside_torch_save_is_an_os_error(tmp_path):
+    """A file size limit (ulimit -f) makes the kernel refuse writes (EFBIG) as a full disk does (ENOSPC): torch's zip
+    writer turns that into a RuntimeError; atomic_save raises the OSError behind it, and the old file stays."""
+    target = tmp_path / "run_step_1.pt"
+    ckpt.atomic_save({"model": {"w": torch.ones(3)}, "step": 1}, target)
+    code = textwrap.dedent(f"""
+        import resource, signal, torch
+        from omni.training import checkpoint as ckpt
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process instead of failing the write
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+        try:
+            ckpt.atomic_save({{"model": {{"w": torch.zeros(100_000)}}, "step": 2}}, {str(target)!r})
+        except OSError as e:
+            print(ckpt.write_error({str(target)!r}, e))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.getcwd(), timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == (f"could not write {target}: the file exceeds the file size limit of the file "
+                                     "system or of this process (ulimit -f)")
+    assert torch.equal(ckpt.load(target)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["run_step_1.pt"]
+
+
 def test_newest_valid_falls_back_past_corrupt_files(tmp_path):
     for step in (2, 4):
         ckpt.atomic_save({"model": {}, "step": step}, tmp_path / f"run_step_{step}.pt")

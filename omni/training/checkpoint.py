@@ -8,6 +8,7 @@ renamed over the target, so a crash at any moment leaves the previous file intac
 from __future__ import annotations
 
 import errno
+import math
 import random
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from omni.atomic import atomic_file
+from omni.errors import UserError
 from omni.training import faults
 
 # Keys of a training checkpoint.
@@ -35,15 +37,49 @@ WORLD_SIZE = "world_size"  # processes of the run that wrote it
 ELAPSED = "elapsed_seconds"  # training wall time summed over all resumes
 COUNTERS = "counters"  # bad samples, skipped non-finite steps, ...
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / torch.compile wrappers' state-dict prefixes
 STEP_FILE = re.compile(r"^(?P<name>.+)_step_(?P<step>\d+)\.pt$")
 
 
+class CheckpointNotFound(UserError, FileNotFoundError):
+    """A checkpoint file the user named does not exist."""
+
+
+class UnreadableCheckpoint(UserError, RuntimeError):
+    """A checkpoint file that torch.load can't read (torn, garbage, empty, not a checkpoint), or one that loads but
+    does not fit the model; the message names the file."""
+
+
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save through omni.atomic: readers see the old or the new file, never a torn one."""
+    """torch.save through omni.atomic: readers see the old or the new file, never a torn one.
+
+    A failed write (full disk, file size limit, I/O error) raises OSError, whatever layer it failed in."""
     with atomic_file(path) as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:
+            cause = _os_error_behind(e)
+            if cause is None:
+                raise
+            raise cause from e
         if isinstance(obj, dict) and STEP in obj:
             faults.point("checkpoint")  # no-op unless OMNI_FAULT=checkpoint@n (crash tests)
+
+
+def _os_error_behind(e: RuntimeError) -> OSError | None:
+    """The OSError behind a failed torch.save, or None when `e` is not a write failure.
+
+    torch's zip writer turns a failed write into `RuntimeError: [enforce fail at inline_container.cc...]`: on a Python
+    file object the OSError the file raised is its __context__; when torch writes the file itself there is none,
+    only "PytorchStreamWriter failed writing file ...", and the cause is not known."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    if "inline_container.cc" in str(e) or "PytorchStreamWriter" in str(e):
+        return OSError(errno.EIO, f"torch could not write the file ({e})")
+    return None
 
 
 def write_error(path: str | Path, e: OSError) -> str:
@@ -53,6 +89,9 @@ def write_error(path: str | Path, e: OSError) -> str:
         return f"could not write {path}: the disk is full (no space left on device); free space and rerun"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"could not write {path}: permission denied, {path.parent} is not writable ({e.strerror})"
+    if e.errno == errno.EFBIG:
+        return (f"could not write {path}: the file exceeds the file size limit of the file system or of this process "
+                f"(ulimit -f)")
     return f"could not write {path} ({type(e).__name__}: {e})"
 
 
@@ -60,11 +99,48 @@ def load(path: str | Path, map_location="cpu") -> dict:
     """Safe load (no arbitrary unpickling). Raises with the path named when the file is missing or unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointNotFound(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise RuntimeError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from e
+        raise UnreadableCheckpoint(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from e
+
+
+def misfit(model: torch.nn.Module, weights: dict, *, partial: bool = False) -> str | None:
+    """Why the state dict `weights` does not fit `model` (keys it lacks or the model lacks, shapes), or None.
+
+    `partial`: `weights` may hold only some of the model's tensors (trainable-only checkpoints, init_from an earlier
+    stage); keys the model lacks and wrong shapes still don't fit."""
+    expected = model.state_dict()
+    extra = [k for k in weights if k not in expected]
+    lacking = [] if partial else [k for k in expected if k not in weights]
+    shapes = [f"{k} {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the model"
+              for k, v in weights.items() if k in expected and getattr(v, "shape", None) != expected[k].shape]
+    problems = []
+    if lacking:
+        problems.append(f"{len(lacking)} tensor(s) of the model missing: {_short(lacking)}")
+    if extra:
+        problems.append(f"{len(extra)} tensor(s) the model lacks: {_short(extra)}")
+        wrapped = sorted({p for k in extra for p in WRAPPER_PREFIXES if k.startswith(p)})
+        if wrapped:
+            problems[-1] += (f" (the {'/'.join(repr(p) for p in wrapped)} prefix: saved from a DDP or torch.compile "
+                             "wrapper instead of the plain model)")
+    if shapes:
+        problems.append(f"{len(shapes)} wrong shape(s): {_short(shapes, 4)}")
+    return "; ".join(problems) or None
+
+
+
+def nonfinite_tensors(weights: dict) -> list[str]:
+    """Names of the floating-point tensors of a state dict holding NaN or Inf (one host sync when all are finite)."""
+    floats = {k: v for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point()}
+    if not floats or math.isfinite(torch.nn.utils.get_total_norm(list(floats.values()), math.inf).item()):
+        return []
+    return [k for k, v in floats.items() if not torch.isfinite(v).all()]
+
+
+def _short(names: list[str], n: int = 8) -> str:
+    return ", ".join(names[:n]) + (f" (+{len(names) - n} more)" if len(names) > n else "")
 
 
 def step_checkpoints(folder: str | Path, name: str) -> list[tuple[int, Path]]:
@@ -78,15 +154,19 @@ def step_checkpoints(folder: str | Path, name: str) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def load_newest_valid(folder: str | Path, name: str, log=print) -> tuple[dict, Path] | None:
-    """The newest step checkpoint that loads; unreadable newer ones are reported and skipped."""
+def load_newest_valid(folder: str | Path, name: str, log=print, fits=None) -> tuple[dict, Path] | None:
+    """The newest step checkpoint that loads (and, given `fits(state)` -> None or why not, fits); unreadable or
+    misfitting newer ones are reported and skipped."""
     for _, path in reversed(step_checkpoints(folder, name)):
         try:
             state = load(path)
             if STEP not in state or MODEL not in state:
-                raise RuntimeError(f"checkpoint {path} lacks {STEP!r}/{MODEL!r}: not a training checkpoint")
+                raise UnreadableCheckpoint(f"checkpoint {path} lacks {STEP!r}/{MODEL!r}: not a training checkpoint")
+            problem = fits(state) if fits else None
+            if problem:
+                raise UnreadableCheckpoint(f"checkpoint {path} does not fit this model: {problem}")
             return state, path
-        except RuntimeError as e:
+        except UnreadableCheckpoint as e:
             log(f"WARNING: {e}; falling back to the next older checkpoint")
     return None
 
