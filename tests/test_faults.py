@@ -9,6 +9,7 @@ import re
 import pytest
 
 import omni.atomic
+from omni.errors import UserError
 from omni.training import Run
 from omni.training import checkpoint as ckpt
 from tests.test_run import Crash, assert_same, train, weights
@@ -30,7 +31,7 @@ def _rerun_past_a_failing_save(save, straight, monkeypatch, failure):
         train(save, crash_at=4)
     before = (save / "toy_step_4.pt").read_bytes()
     failure()
-    with pytest.raises(RuntimeError) as e:
+    with pytest.raises(UserError) as e:
         train(save)
     monkeypatch.undo()
     message = str(e.value)
@@ -42,7 +43,7 @@ def _rerun_past_a_failing_save(save, straight, monkeypatch, failure):
     assert not list(save.glob(".*.tmp"))  # the half-written temporary file was removed
     assert train(save).step == 12
     assert_same(straight, weights(save))
-    return message
+    return e.value
 
 
 def test_disk_full_while_saving(tmp_path, straight, monkeypatch):
@@ -51,7 +52,41 @@ def test_disk_full_while_saving(tmp_path, straight, monkeypatch):
 
     message = _rerun_past_a_failing_save(tmp_path, straight, monkeypatch,
                                          lambda: monkeypatch.setattr(omni.atomic.os, "fsync", disk_full))
-    assert "the disk is full (no space left on device)" in message
+    assert "the disk is full (no space left on device)" in str(message)
+
+
+class FillsUp:
+    """A file on a disk with 4 KiB left: a write past that raises ENOSPC, as the OS does."""
+
+    def __init__(self, f):
+        self.f, self.room = f, 4096
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_disk_full_inside_torch_save(tmp_path, straight, monkeypatch):
+    """A disk that fills up while torch.save writes fails inside torch's zip writer, which raises
+    `RuntimeError: [enforce fail at inline_container.cc...]`, not OSError: still the full-disk message."""
+    fdopen = omni.atomic.os.fdopen
+
+    def fill_up():
+        monkeypatch.setattr(omni.atomic.os, "fdopen", lambda fd, mode="r", **kw: FillsUp(fdopen(fd, mode, **kw)))
+    error = _rerun_past_a_failing_save(tmp_path, straight, monkeypatch, fill_up)
+    assert "the disk is full (no space left on device)" in str(error)
+    assert "inline_container.cc" in str(error.__cause__.__cause__)  # it did fail inside torch's writer
 
 
 def test_permission_denied_on_the_save_dir(tmp_path, straight, monkeypatch):
@@ -67,7 +102,7 @@ def test_permission_denied_on_the_save_dir(tmp_path, straight, monkeypatch):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
         monkeypatch.setattr(omni.atomic.tempfile, "mkstemp", denied)
     try:
-        message = _rerun_past_a_failing_save(tmp_path, straight, monkeypatch, read_only)
+        message = str(_rerun_past_a_failing_save(tmp_path, straight, monkeypatch, read_only))
     finally:
         tmp_path.chmod(0o700)
     assert f"permission denied, {tmp_path} is not writable" in message
@@ -141,7 +176,7 @@ def test_every_checkpoint_unreadable_stops_instead_of_starting_over(tmp_path, st
         train(tmp_path, crash_at=6)
     for step in (4, 6):
         (tmp_path / f"toy_step_{step}.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(UserError) as e:
         train(tmp_path)
     assert "every checkpoint in" in str(e.value) and "toy_step_6.pt" in str(e.value) and "--force" in str(e.value)
     assert (tmp_path / "toy_step_4.pt").read_bytes() == b"not a checkpoint"  # nothing deleted

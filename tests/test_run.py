@@ -10,6 +10,7 @@ import torch
 
 from omni.config import TrainConfig
 from omni.data.resumable import BadSample, ResumableDataset
+from omni.errors import UserError
 from omni.training import Run, adamw
 
 
@@ -69,9 +70,10 @@ class Crash(Exception):
 
 def train(save_dir, *, max_steps=12, crash_at=None, freeze=(), trainable_only=False, poison_at=(), force=False,
           init_from=None, seen=None, batch_size=4, **train_overrides):
-    cfg = ToyStage(init_from=init_from, train=TrainConfig(
-        save_dir=str(save_dir), max_steps=max_steps, batch_size=batch_size, checkpoint_freq=2, val_freq=3, log_freq=2,
-        warmup_steps=2, lr=0.05, min_lr=0.005, keep_last=2, **train_overrides))
+    settings = {"checkpoint_freq": 2, "val_freq": 3, "log_freq": 2, "warmup_steps": 2, "lr": 0.05, "min_lr": 0.005,
+                "keep_last": 2, **train_overrides}
+    cfg = ToyStage(init_from=init_from, train=TrainConfig(save_dir=str(save_dir), max_steps=max_steps,
+                                                          batch_size=batch_size, **settings))
     run = Run(cfg, name="toy", metric="val_mse", mode="min", trainable_only=trainable_only, force=force)
     model = Toy(cfg.model.width)
     for name, p in model.named_parameters():
@@ -156,7 +158,7 @@ def test_nan_steps_are_skipped_and_counted_then_stop(tmp_path):
     run = train(tmp_path / "a", max_steps=6, poison_at={2, 3})
     assert run.counters["nonfinite_steps"] == 2
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "a").values())
-    with pytest.raises(RuntimeError, match="consecutive non-finite"):
+    with pytest.raises(UserError, match="consecutive non-finite"):
         train(tmp_path / "b", max_steps=8, poison_at=set(range(8)), max_nonfinite_steps=3)
 
 
@@ -185,7 +187,7 @@ def test_init_from_then_resume_wins(tmp_path):
 def test_resume_with_changed_batch_size_stops_unless_forced(tmp_path):
     with pytest.raises(Crash):
         train(tmp_path, crash_at=2)
-    with pytest.raises(SystemExit, match="train.batch_size"):
+    with pytest.raises(UserError, match="train.batch_size"):
         train(tmp_path, batch_size=8)
     assert train(tmp_path, batch_size=8, force=True).step == 12
 
@@ -278,7 +280,7 @@ def test_second_process_on_the_same_run_dir_is_refused(tmp_path):
     """)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     try:
-        with pytest.raises(SystemExit, match=f"in use by another running process \\(pid {holder.pid}\\)"):
+        with pytest.raises(UserError, match=f"in use by another running process \\(pid {holder.pid}\\)"):
             train(tmp_path)
     finally:
         holder.kill()
@@ -303,5 +305,5 @@ def test_bad_samples_are_named_counted_and_limited(tmp_path, monkeypatch):
     assert run.counters["bad_samples"] == len(named) >= 1  # the run stopped mid-epoch and still reported
     assert "evaluation skipped 1 bad samples (not scored):\n  sample3.wav: unreadable" in log  # val set has #3
     monkeypatch.setattr(Regression, "bad", frozenset(range(0, 40, 3)))  # a third of the data
-    with pytest.raises(SystemExit, match="max_bad_fraction"):
+    with pytest.raises(UserError, match="max_bad_fraction"):
         train(tmp_path / "b", max_steps=20)

@@ -99,6 +99,10 @@ class Run:
         self._window: dict[str, torch.Tensor] = {}
         self._window_steps = 0
         self._last_saved_step = -1
+        # Where a step that made the weights non-finite goes back to (see _rewind): the newest step checkpoint
+        # this run wrote or resumed from, else a host copy of the weights it started with.
+        self._good_checkpoint: Path | None = None
+        self._start_weights: dict | None = None
         self._stop_requested = False
         self._clock = None
         self.info(f"run {name}: dir {self.run_dir}, device {self.device}, world size {self.world_size}, "
@@ -147,11 +151,13 @@ class Run:
                   f"({len(train_set)} samples, batch {self.train.batch_size} x accum {self.accum} "
                   f"x {self.world_size} processes); "
                   f"max_steps {self.max_steps}")
-        state = self._find_resume_state()
-        if state is not None:
-            self._restore(state)
-        elif getattr(self.cfg, "init_from", None):
-            self._init_from(self.cfg.init_from)
+        found = self._find_resume_state()
+        if found is not None:
+            self._restore(*found)
+        else:
+            if getattr(self.cfg, "init_from", None):
+                self._init_from(self.cfg.init_from)
+            self._start_weights = {k: v.detach().to("cpu", copy=True) for k, v in self._model_state().items()}
         if self.train.grad_checkpointing:
             if not hasattr(model, "set_gradient_checkpointing"):
                 raise ValueError(f"train.grad_checkpointing: {type(model).__name__} has no set_gradient_checkpointing")
@@ -164,30 +170,47 @@ class Run:
         self.model.train()
         return wrapped
 
-    def _find_resume_state(self) -> dict | None:
+    def _find_resume_state(self) -> tuple[dict, Path] | None:
+        """The checkpoint to resume from and its path, or None. Auto-resume skips (and names) checkpoints that are
+        unreadable or do not fit the model; a file the user named must load and fit, else it is an error."""
         mode = self.train.resume
         if mode == "never":
             return None
         if mode != "auto":
-            return ckpt.load(mode)
-        found = ckpt.load_newest_valid(self.run_dir, self.name, log=self.info)
+            path = Path(mode)
+            state = ckpt.load(path)
+            if ckpt.STEP not in state or ckpt.MODEL not in state:
+                raise UserError(f"train.resume={mode}: {path} is not a training checkpoint (no {ckpt.STEP!r}/"
+                                f"{ckpt.MODEL!r}); to start from its weights use init_from={mode} instead")
+            problem = self._resume_misfit(state)
+            if problem:
+                raise UserError(f"train.resume={mode}: checkpoint {path} does not fit this model: {problem}")
+            return state, path
+        found = ckpt.load_newest_valid(self.run_dir, self.name, log=self.info, fits=self._resume_misfit)
         if found is None:
-            unreadable = [p.name for _, p in ckpt.step_checkpoints(self.run_dir, self.name)]
-            if unreadable and not self.force:  # never restart from step 0 silently over a run's progress
-                raise SystemExit(f"every checkpoint in {self.run_dir} is unreadable ({_short(unreadable)}); nothing "
-                                 "was deleted. Move them away, or rerun with --force to start this run from step 0")
-            if unreadable:
-                self.info(f"WARNING (--force): starting from step 0 beside unreadable {_short(unreadable)}")
+            unusable = [p.name for _, p in ckpt.step_checkpoints(self.run_dir, self.name)]
+            if unusable and not self.force:  # never restart from step 0 silently over a run's progress
+                raise UserError(f"every checkpoint in {self.run_dir} is unreadable or does not fit this model "
+                                f"({_short(unusable)}); nothing was deleted. Move them away, or rerun with --force to "
+                                "start this run from step 0")
+            if unusable:
+                self.info(f"WARNING (--force): starting from step 0 beside unusable {_short(unusable)}")
             return None
         state, path = found
         if getattr(self.cfg, "init_from", None):
             self.info(f"run dir has checkpoints: resuming from {path.name}; init_from={self.cfg.init_from} is not used")
         else:
             self.info(f"resuming from {path}")
-        return state
+        return state, path
 
-    def _restore(self, state: dict) -> None:
-        self._check_config(state[ckpt.CONFIG])
+    def _resume_misfit(self, state: dict) -> str | None:
+        """Check a checkpoint against this run before anything is loaded: the config first (a changed model config
+        is the usual reason weights don't fit, and says so better), then the weights' names and shapes."""
+        self._check_config(state.get(ckpt.CONFIG, {}))
+        return ckpt.misfit(self.raw_model, state[ckpt.MODEL], partial=state.get(ckpt.TRAINABLE_ONLY, False))
+
+    def _restore(self, state: dict, path: Path) -> None:
+        self._good_checkpoint = path
         if state[ckpt.TRAINABLE_ONLY]:
             if getattr(self.cfg, "init_from", None):
                 self._init_from(self.cfg.init_from)  # frozen weights come from the earlier stage
@@ -217,10 +240,7 @@ class Run:
     def _load_trainable(self, saved: dict) -> None:
         """Load a trainable-only state over the current model and report how the trainable set changed."""
         current = {n for n, p in self.raw_model.named_parameters() if p.requires_grad}
-        missing = [k for k in saved if k not in dict(self.raw_model.named_parameters())]
-        if missing:
-            raise RuntimeError(f"checkpoint has parameters this model lacks: {_short(missing)}")
-        self.raw_model.load_state_dict(saved, strict=False)
+        self.raw_model.load_state_dict(saved, strict=False)  # it fits: checked by _resume_misfit
         newly_trainable = sorted(current - set(saved))
         newly_frozen = sorted(set(saved) - current)
         if newly_trainable:
@@ -229,18 +249,29 @@ class Run:
             self.info(f"freeze change: now frozen (kept at their trained values): {_short(newly_frozen)}")
 
     def _init_from(self, source: str) -> None:
+        """Start from the weights of a file (which must fit) or of the newest fitting checkpoint in a folder. Tensors
+        the file lacks stay fresh (a later stage adds modules); tensors the model lacks, or wrong shapes, don't fit."""
         path = Path(source)
+
+        def misfit(state: dict) -> str | None:
+            if ckpt.MODEL not in state:
+                return f"no {ckpt.MODEL!r} weights in it"
+            return ckpt.misfit(self.raw_model, state[ckpt.MODEL], partial=True)
+
         if path.is_dir():
-            found = ckpt.load_newest_valid(path, self.name, log=self.info) or _newest_any(path, self.info)
+            found = (ckpt.load_newest_valid(path, self.name, log=self.info, fits=misfit)
+                     or _newest_any(path, self.info, misfit))
             if found is None:
-                raise FileNotFoundError(f"init_from={source}: no loadable checkpoint in that directory")
+                raise UserError(f"init_from={source}: no loadable checkpoint that fits this model in that directory "
+                                "(see the warnings above)")
             state, path = found
         else:
             state = ckpt.load(path)
+            problem = misfit(state)
+            if problem:
+                raise UserError(f"init_from={source}: checkpoint {path} does not fit this model: {problem}")
         weights = state[ckpt.MODEL]
         result = self.raw_model.load_state_dict(weights, strict=False)
-        if result.unexpected_keys:
-            raise RuntimeError(f"init_from={path}: weights this model lacks: {_short(result.unexpected_keys)}")
         self.info(f"initialised from {path} ({len(weights)} tensors"
                   + (f"; not in it, kept fresh: {_short(result.missing_keys)})" if result.missing_keys else ")"))
 
@@ -254,7 +285,7 @@ class Run:
         if diffs:
             msg = "the config disagrees with the checkpoint:\n  " + "\n  ".join(diffs)
             if not self.force:
-                raise SystemExit(f"{msg}\nuse a new train.save_dir, train.resume=never, or --force to resume anyway")
+                raise UserError(f"{msg}\nuse a new train.save_dir, train.resume=never, or --force to resume anyway")
             self.info(f"WARNING (--force): {msg}")
 
     # ------------------------------------------------------------------ the loop
@@ -281,23 +312,25 @@ class Run:
             dataset.set_position(epoch=self.epoch, skip_samples=self.samples_in_epoch, rank=self.rank,
                                  world_size=self.world_size)
             last = dataset.num_batches(self.world_size) - 1
-            for loaded in self._loader(dataset):
-                self._count_samples(loaded)
-                self.samples_in_epoch = (loaded.index + 1) * g
-                if loaded.batch is None:
+            loaded_batches = iter(self._loader(dataset))
+            with _workers_killed_on_error(loaded_batches):
+                for loaded in loaded_batches:
+                    self._count_samples(loaded)
+                    self.samples_in_epoch = (loaded.index + 1) * g
+                    if loaded.batch is None:
+                        continue
+                    self._micro += 1
+                    self._boundary = self._micro == self.accum or loaded.index == last
+                    yield _to_device(loaded.batch, self.device)
+                    if self._stop_requested and self._micro == 0:
+                        self._stop_now()
+                    if self.step >= self.max_steps:
+                        if loaded.index == last:
+                            self._end_epoch()
+                        break
+                else:
+                    self._end_epoch()
                     continue
-                self._micro += 1
-                self._boundary = self._micro == self.accum or loaded.index == last
-                yield _to_device(loaded.batch, self.device)
-                if self._stop_requested and self._micro == 0:
-                    self._stop_now()
-                if self.step >= self.max_steps:
-                    if loaded.index == last:
-                        self._end_epoch()
-                    break
-            else:
-                self._end_epoch()
-                continue
             break
 
     def _loader(self, dataset):
@@ -320,9 +353,9 @@ class Run:
         if bad:
             self.info(f"epoch {self.epoch}: skipped {bad} bad samples of {seen} (named above)")
         if bad > self.train.max_bad_fraction * max(1, seen):  # a data problem, not a bug: no traceback (exit 1)
-            raise SystemExit(f"{bad} of {seen} samples of epoch {self.epoch} were bad (> train.max_bad_fraction="
-                             f"{self.train.max_bad_fraction}); see 'skipped bad sample' lines in "
-                             f"{self.logger.log_path}")
+            raise UserError(f"{bad} of {seen} samples of epoch {self.epoch} were bad (> train.max_bad_fraction="
+                            f"{self.train.max_bad_fraction}); see 'skipped bad sample' lines in "
+                            f"{self.logger.log_path}")
 
     def _end_epoch(self) -> None:
         if self._micro:  # the epoch's last micro-batches were all bad: step with what was accumulated
@@ -383,24 +416,54 @@ class Run:
             scaler.unscale_(opt)
         clip = self.train.grad_clip if self.train.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        # The one host sync per optimizer step: the NaN/Inf guard has to know before stepping.
-        if torch.isfinite(norm):
-            (scaler.step(opt) if scaler else opt.step())
-            self._consecutive_nonfinite = 0
+        # Host sync 1: the NaN/Inf guard has to know before stepping, so that a bad step is simply not applied.
+        if not torch.isfinite(norm):
+            self._nonfinite_step(f"non-finite gradients in {name}, update skipped")
         else:
-            self.counters["nonfinite_steps"] += 1
-            self._consecutive_nonfinite += 1
-            self.info(f"step {self.step}: non-finite gradients in {name}, update skipped "
-                      f"({self._consecutive_nonfinite} in a row)")
-            if self._consecutive_nonfinite >= self.train.max_nonfinite_steps:
-                raise RuntimeError(f"{self._consecutive_nonfinite} consecutive non-finite steps: stopping. The last "
-                                   f"good checkpoint (step {self._last_saved_step}) is intact; lower train.lr or use "
-                                   f"fp32/bf16")
+            (scaler.step(opt) if scaler else opt.step())
+            # Host sync 2: finite gradients can still give non-finite weights (a huge lr or weight decay, an
+            # overflow in the optimizer state). One fused max-|w| over the tensors just updated (it can't overflow);
+            # undoing such a step reloads the last good state (_rewind) instead of keeping a copy of the weights
+            # and optimizer state at every step, which would double the optimizer's memory and time for a rare case.
+            if math.isfinite(torch.nn.utils.get_total_norm(params, math.inf).item()):
+                self._consecutive_nonfinite = 0
+            else:
+                self._nonfinite_step(f"the update of {name} made weights non-finite; {self._rewind()}")
         if scaler:
             scaler.update()
         opt.zero_grad(set_to_none=True)
         self._advance_schedule(name)
         self._accumulate({key: norm})
+
+    def _nonfinite_step(self, what: str) -> None:
+        """Count a step whose update was not applied (or undone); too many in a row is a config problem: stop."""
+        self.counters["nonfinite_steps"] += 1
+        self._consecutive_nonfinite += 1
+        self.info(f"step {self.step}: {what} ({self._consecutive_nonfinite} in a row)")
+        if self._consecutive_nonfinite >= self.train.max_nonfinite_steps:
+            kept = (f"the last good checkpoint {self._good_checkpoint.name} is intact" if self._good_checkpoint
+                    else "no checkpoint was written")
+            raise UserError(f"{self._consecutive_nonfinite} consecutive non-finite steps (train.max_nonfinite_steps="
+                            f"{self.train.max_nonfinite_steps}): stopping at step {self.step}; {kept}. Lower "
+                            f"train.lr or train.weight_decay, or use fp32/bf16")
+
+    def _rewind(self) -> str:
+        """Put the weights and all optimizer states back to the last good state: the newest checkpoint this run
+        wrote or resumed from (every saved one is finite), else the weights it started with and fresh optimizer
+        state. The position in the data, the schedule and the RNG go on, so the steps since are lost, not replayed.
+        Returns what it did, for the log."""
+        if self._good_checkpoint is not None:
+            state = ckpt.load(self._good_checkpoint)
+            weights, optimizer_states, source = state[ckpt.MODEL], state[ckpt.OPTIMIZERS], self._good_checkpoint.name
+        else:
+            weights, optimizer_states, source = self._start_weights, {}, "the start of the run"
+        self.raw_model.load_state_dict(weights, strict=False)  # fits: this run wrote it, or _resume_misfit checked it
+        for n, opt in self.optimizers.items():
+            saved = optimizer_states.get(n, {"state": {}})
+            groups = ckpt.optimizer_state_by_name(opt, self.param_names)["param_groups"]  # keep the current lr
+            ckpt.load_optimizer_state_by_name(opt, {"state": saved["state"], "param_groups": groups},
+                                              self.param_names)
+        return f"weights and optimizer state restored from {source}"
 
     def _advance_schedule(self, name: str) -> None:
         with warnings.catch_warnings():  # a skipped update still advances the schedule, which torch warns about
@@ -478,9 +541,11 @@ class Run:
 
     def save_checkpoint(self, path: Path | None = None) -> None:
         """Write a training checkpoint (rank 0): the newest `<name>_step_<N>.pt` unless `path` is given."""
-        if path is None:
-            self._last_saved_step = self.step
         if not self.is_main:
+            if path is None:
+                self._last_saved_step = self.step
+                self._good_checkpoint = self.run_dir / f"{self.name}_step_{self.step}.pt"  # written by rank 0
+                self._start_weights = None
             return
         if self._clock is not None:  # bank the time so far, so that elapsed survives a resume
             now = time.perf_counter()
@@ -498,13 +563,19 @@ class Run:
             ckpt.COUNTERS: dict(self.counters),
         }
         target = path or self.run_dir / f"{self.name}_step_{self.step}.pt"
+        previous = ckpt.step_checkpoints(self.run_dir, self.name)
+        kept = f"the previous checkpoint {previous[-1][1].name} is intact" if previous else "no checkpoint is lost"
+        nonfinite = ckpt.nonfinite_tensors(state[ckpt.MODEL])  # one host sync; never save NaN weights as good
+        if nonfinite:
+            raise UserError(f"not writing {target}: the weights hold NaN/Inf at step {self.step} "
+                            f"({_short(nonfinite)}); {kept}. Lower train.lr, or use fp32/bf16")
         try:
             ckpt.atomic_save(state, target)
         except OSError as e:
-            previous = ckpt.step_checkpoints(self.run_dir, self.name)
-            kept = f"the previous checkpoint {previous[-1][1].name} is intact" if previous else "no checkpoint is lost"
-            raise RuntimeError(f"{ckpt.write_error(target, e)}; {kept}") from e
+            raise UserError(f"{ckpt.write_error(target, e)}; {kept}") from e
         if path is None:
+            self._last_saved_step = self.step
+            self._good_checkpoint, self._start_weights = target, None
             ckpt.prune(self.run_dir, self.name, self.train.keep_last, up_to_step=self.step)
 
     def _model_state(self) -> dict:
@@ -526,8 +597,8 @@ class Run:
                 try:
                     ckpt.atomic_save(payload, self.run_dir / filename)
                 except OSError as e:
-                    raise RuntimeError(f"{ckpt.write_error(self.run_dir / filename, e)}; the training checkpoints "
-                                       f"are intact: rerun to write the final weights again") from e
+                    raise UserError(f"{ckpt.write_error(self.run_dir / filename, e)}; the training checkpoints "
+                                    f"are intact: rerun to write the final weights again") from e
             summary = {"name": self.name, "step": self.step, "epoch": self.epoch, "metrics": self.last_eval["metrics"],
                        "best": self.best, "train_seconds": round(self.elapsed, 1), **self.counters}
             (self.run_dir / "summary.json").write_text(_json(summary))
@@ -576,7 +647,7 @@ def _lock_run_dir(run_dir: Path):
     except OSError:
         handle.seek(0)
         owner = handle.read().strip() or "unknown"
-        raise SystemExit(f"{run_dir} is in use by another running process (pid {owner}); wait for it or stop it") \
+        raise UserError(f"{run_dir} is in use by another running process (pid {owner}); wait for it or stop it") \
             from None
     handle.seek(0)
     handle.truncate()
@@ -598,20 +669,47 @@ def _leave_stop_signals_to_the_main_process(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+@contextlib.contextmanager
+def _workers_killed_on_error(loaded_batches):
+    """Stop the DataLoader's workers now when the iteration ends by an exception (an error in a worker or in the loop,
+    a stop, a closed generator): left to Python's exit, they would hang the process forever.
+
+    Why: the traceback keeps the iterator alive until the interpreter exits, and there torch's own shutdown is a
+    no-op; multiprocessing then SIGTERMs its daemon children and joins them, but the workers ignore SIGTERM
+    (_leave_stop_signals_to_the_main_process). So shut them down here, while torch still can: its shutdown tells
+    idle workers to exit (they skip the batches still queued) and forgets their pids (so its SIGCHLD handler does
+    not report them as a new error), joining each for at most a few seconds; a worker still busy after that (a
+    stuck read) is SIGKILLed, the signal the main process alone sends and the workers can't ignore."""
+    try:
+        yield
+    except BaseException:
+        workers = list(getattr(loaded_batches, "_workers", ()))  # none without worker processes
+        if workers:
+            loaded_batches._shutdown_workers()
+            for worker in workers:
+                if worker.is_alive():
+                    worker.kill()
+                    worker.join()
+        raise
+
+
 def _identity(x):
     return x
 
 
-def _newest_any(folder: Path, log):
-    """The newest readable .pt in a folder whose state has model weights (e.g. a stage's final weights file)."""
+def _newest_any(folder: Path, log, misfit):
+    """The newest readable .pt in a folder whose model weights fit (e.g. a stage's final weights file)."""
     for path in sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
             state = ckpt.load(path)
-        except RuntimeError as e:
+        except ckpt.UnreadableCheckpoint as e:
             log(f"WARNING: {e}")
             continue
-        if ckpt.MODEL in state:
+        problem = misfit(state)
+        if problem is None:
             return state, path
+        if ckpt.MODEL in state:
+            log(f"WARNING: checkpoint {path} does not fit this model: {problem}")
     return None
 
 
