@@ -422,10 +422,10 @@ class Run:
         else:
             (scaler.step(opt) if scaler else opt.step())
             # Host sync 2: finite gradients can still give non-finite weights (a huge lr or weight decay, an
-            # overflow in the optimizer state). One fused max-|w| over the tensors just updated (it can't overflow);
-            # undoing such a step reloads the last good state (_rewind) instead of keeping a copy of the weights
+            # overflow in the optimizer state): check the tensors just updated (a sum each, see all_finite).
+            # Undoing such a step reloads the last good state (_rewind) instead of keeping a copy of the weights
             # and optimizer state at every step, which would double the optimizer's memory and time for a rare case.
-            if math.isfinite(torch.nn.utils.get_total_norm(params, math.inf).item()):
+            if ckpt.all_finite(params):
                 self._consecutive_nonfinite = 0
             else:
                 self._nonfinite_step(f"the update of {name} made weights non-finite; {self._rewind()}")
