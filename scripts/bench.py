@@ -301,6 +301,126 @@ def print_table(rows: list[dict], device) -> None:
           "(ResumableDataset + DataLoader, main process)")
 
 
+# ---------------------------------------------------------------------------------------------- --compare
+# The nanoGPT-shaped side-by-side: 4 layers x 256 x 4 heads, context 256, batch 16, vocabulary 4000, fp32, dropout 0.
+COMPARE_OVERRIDES = ("model.vocab_size=4000", "model.d_model=256", "model.n_layers=4", "model.n_heads=4",
+                     "model.d_ff=1024", "model.max_seq_len=256", "model.dropout=0.0", "data.seq_len=256",
+                     "train.batch_size=16", "train.precision=fp32", "train.num_workers=0", "train.resume=never",
+                     "train.max_steps=1000000", "train.val_freq=1000000", "train.checkpoint_freq=1000000",
+                     "train.grad_clip=1.0")
+COMPARE_TOKENS = 2_000_000  # random token stream both models read (uint16 memmap, ~4 MB)
+
+
+class OmniLoop:
+    """omni's Stage-A training loop exactly as train_text.py runs it (omni.training.Run over a ResumableDataset of
+    TokenWindows on a token memmap), advanced a given number of optimizer steps at a time so that it can be
+    interleaved with the reference. Run writes its log into `save_dir` (a temporary folder)."""
+
+    def __init__(self, config_dir: Path, tokens: np.ndarray, save_dir: Path, *, device: str, compile: bool,
+                 threads: int, extra: list[str] = ()):
+        from omni.stages import TextStage
+        from omni.thinker import Thinker
+        from omni.training import Run, adamw
+
+        cfg = load_config_file(TextStage, Path(config_dir) / "thinker_tiny.json",
+                               [*COMPARE_OVERRIDES, f"train.save_dir={save_dir}", f"train.threads={threads}",
+                                f"train.compile={str(compile).lower()}", f"train.device={device}", *extra])
+        self.cfg, self.tokens_per_step = cfg, cfg.train.batch_size * cfg.data.seq_len
+        self.run = Run(cfg, name="thinker", metric=None)
+        train_set = ResumableDataset(TokenWindows(tokens, cfg.data.seq_len), batch_size=cfg.train.batch_size,
+                                     seed=cfg.train.seed)
+        model = Thinker(cfg.model)
+        self.params = sum(p.numel() for p in model.parameters())
+        self.model = self.run.setup(model, adamw(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay),
+                                    train_set)
+        self._batches = self.run.batches(train_set)
+        self.loss = None
+
+    def steps(self, n: int) -> None:
+        run, done = self.run, 0
+        for batch in self._batches:  # train_text.py's loop body
+            with run.micro_step():
+                _, loss = self.model(batch["inputs"], targets=batch["targets"])
+                run.backward(loss)
+            if run.optimizer_step():
+                run.log(loss=loss)
+                run.maybe_checkpoint()
+                self.loss = loss.detach()
+                done += 1
+                if done == n:
+                    return
+
+    def close(self) -> None:
+        self._batches.close()
+
+
+def interleaved_tokens_per_s(loops: dict, *, warmup: int, rounds: int, steps_per_round: int, device) -> dict:
+    """Median tokens/s of each loop over `rounds` rounds that alternate between the loops (A B A B ..., the order
+    flipped every round), so that load from other processes on a shared machine hits both alike."""
+    for loop in loops.values():
+        loop.steps(warmup)
+    sync(device)
+    times = {name: [] for name in loops}
+    names = list(loops)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            loops[name].steps(steps_per_round)
+            sync(device)
+            times[name].append((time.perf_counter() - start) / steps_per_round)
+    return {name: loops[name].tokens_per_step / float(np.median(t)) for name, t in times.items()}
+
+
+def compare(config_dir: str, device, *, threads: int, compile_modes: list[bool], warmup: int, rounds: int,
+            steps_per_round: int, seed: int = 0) -> list[dict]:
+    """omni's train_text.py loop vs the nanoGPT-shaped reference (omni/bench_reference.py), one process, same token
+    stream; one result per compile mode."""
+    from omni.bench_reference import ReferenceConfig, ReferenceGPT, ReferenceTrainer
+
+    torch.set_num_threads(threads)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tokens.bin"
+        np.random.default_rng(seed).integers(0, 4000, COMPARE_TOKENS, dtype=np.uint16).tofile(path)
+        tokens = np.memmap(path, dtype=np.uint16, mode="r")
+        for compiled in compile_modes:
+            torch.manual_seed(seed)
+            omni = OmniLoop(Path(config_dir), tokens, Path(tmp) / f"omni_{compiled}", device=str(device),
+                            compile=compiled, threads=threads)
+            cfg = omni.cfg
+            ref_cfg = ReferenceConfig(vocab_size=cfg.model.vocab_size, seq_len=cfg.data.seq_len,
+                                      n_layers=cfg.model.n_layers, n_heads=cfg.model.n_heads,
+                                      d_model=cfg.model.d_model)
+            ref = ReferenceTrainer(ReferenceGPT(ref_cfg), tokens, batch_size=cfg.train.batch_size,
+                                   seq_len=cfg.data.seq_len, seed=seed, device=device, compile=compiled)
+            ref.tokens_per_step = omni.tokens_per_step
+            ref.steps = lambda n, ref=ref: [ref.step() for _ in range(n)]
+            rates = interleaved_tokens_per_s({"omni": omni, "reference": ref}, warmup=warmup, rounds=rounds,
+                                             steps_per_round=steps_per_round, device=device)
+            omni.close()
+            results.append({"stage": "compare", "compile": compiled, "device": str(device), "threads": threads,
+                            "omni_params": omni.params,
+                            "reference_params": sum(p.numel() for p in ref.raw_model.parameters()),
+                            "omni_n_kv_heads": cfg.model.n_kv_heads,
+                            "omni_tokens_per_s": rates["omni"], "reference_tokens_per_s": rates["reference"],
+                            "ratio": rates["omni"] / rates["reference"], "rounds": rounds,
+                            "steps_per_round": steps_per_round})
+            del omni, ref
+            gc.collect()
+    return results
+
+
+def print_compare(results: list[dict]) -> None:
+    print("\nomni train_text.py loop vs nanoGPT-shaped reference (4 x 256 x 4 heads, ctx 256, batch 16, vocab 4000, "
+          f"fp32, dropout 0; {results[0]['threads']} threads; medians of interleaved rounds)")
+    print(f"{'compile':<8} | {'omni tokens/s':>13} | {'reference tokens/s':>18} | {'omni / reference':>16}")
+    for r in results:
+        print(f"{'on' if r['compile'] else 'off':<8} | {r['omni_tokens_per_s']:>13,.0f} | "
+              f"{r['reference_tokens_per_s']:>18,.0f} | {r['ratio']:>15.2f}x")
+    print(f"params: omni {results[0]['omni_params']:,} ({results[0]['omni_n_kv_heads']} kv heads), "
+          f"reference {results[0]['reference_params']:,}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-dir", default="configs", help="folder with the stages' *_tiny.json")
@@ -313,10 +433,28 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-tts", action="store_true", help="skip the TTS real-time-factor benchmark")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--compare", action="store_true",
+                        help="only the side-by-side: omni's train_text.py loop vs a nanoGPT-shaped reference "
+                             "(omni/bench_reference.py) at 4 x 256 x 4 heads, ctx 256, batch 16, vocab 4000, fp32, "
+                             "with and without torch.compile (default --threads 2)")
+    parser.add_argument("--compare-compile", choices=("both", "off", "on"), default="both")
+    parser.add_argument("--rounds", type=int, default=8, help="--compare: interleaved rounds per model")
+    parser.add_argument("--round-steps", type=int, default=5, help="--compare: optimizer steps per round")
+    parser.add_argument("--warmup", type=int, default=5, help="--compare: untimed steps first (compilation)")
     args = parser.parse_args(argv)
+    if args.compare and not args.threads:
+        args.threads = 2
     if args.threads:
         torch.set_num_threads(args.threads)
     device = local_device(args.device)
+    if args.compare:
+        modes = {"both": [False, True], "off": [False], "on": [True]}[args.compare_compile]
+        results = compare(args.config_dir, device, threads=args.threads, compile_modes=modes, warmup=args.warmup,
+                          rounds=args.rounds, steps_per_round=args.round_steps)
+        print_compare(results)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        return
     torch.manual_seed(0)
     rows = []
     for key in args.stages:
