@@ -2,7 +2,7 @@
 
 Design choices
 - Placeholders are expanded on the data side: a chat's single `<image>` id becomes `image_tokens` copies and a
-  single `<audio>` id one copy per 12.5 Hz encoder frame (`expand_placeholders`), as Hugging Face processors do.
+  single `<audio>` id one copy per 12.5 Hz encoder frame (omni.chat), as Hugging Face processors do.
   The model then only overwrites those slots: the k-th slot of the batch (row-major) receives the k-th valid
   feature row, with the indices computed by cumsum/searchsorted and the result merged by `torch.where`. No
   Python loop over tokens or samples and no boolean indexing, so no host sync on a GPU (there the slot count is
@@ -21,9 +21,9 @@ Design choices
   matrix is the output layer, so the new rows are also the logit vectors of those tokens: that is how the model
   learns to emit `<|im_end|>` (and to keep `<image>`/`<audio>` improbable) while every other logit stays as
   Stage A trained it. Untied, the same rows of `lm_head` train under the same mask.
-- Loss: cross-entropy on assistant tokens only (`sft_targets`), including each answer's closing `<|im_end|>`, the
-  token generation stops at. Batches are right-padded, so causal attention alone keeps padding out of every real
-  position and no key padding mask (which would disable SDPA's causal fast path) is needed.
+- Loss: cross-entropy on assistant tokens only (omni.chat.sft_targets), including each answer's closing
+  `<|im_end|>`, the token generation stops at. Batches are right-padded, so causal attention alone keeps padding
+  out of every real position and no key padding mask (which would disable SDPA's causal fast path) is needed.
 - Exact match under greedy decoding equals "every answer token is the argmax given the reference prefix"
   (`greedy_exact_match`), so evaluation needs one batched forward pass instead of a generation loop.
 
@@ -43,15 +43,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omni.audio import encoder_frames
 from omni.audio_encoder import AudioEncoder, AudioEncoderConfig
+from omni.chat import AUDIO_TOKEN_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, audio_token_count, image_token_count
 from omni.thinker import Thinker, ThinkerConfig
-from omni.tokenizer import AUDIO, IMAGE, SPECIAL_TOKENS
 from omni.vision_encoder import VisionConfig, VisionEncoder
 
-IMAGE_TOKEN_ID = SPECIAL_TOKENS.index(IMAGE)  # fixed by omni.tokenizer: special ids never move
-AUDIO_TOKEN_ID = SPECIAL_TOKENS.index(AUDIO)
-IGNORE_INDEX = -100  # target of positions without loss
 IMAGE_TOKEN_MODES = ("cls", "pooled", "patches")
 COMPONENTS = ("thinker", "audio_encoder", "vision_encoder", "audio_projector", "vision_projector")
 
@@ -127,31 +123,6 @@ def scatter_features(embeds: torch.Tensor, slots: torch.Tensor, feats: torch.Ten
     return torch.where(flat[:, None], gathered, embeds.reshape(B * T, D)).view(B, T, D)
 
 
-def expand_placeholders(ids: Sequence[int], mask: Sequence[bool], *, image_tokens: int,
-                        audio_tokens: Sequence[int] = ()) -> tuple[list[int], list[bool]]:
-    """Repeat each `<image>` id image_tokens times and the i-th `<audio>` id audio_tokens[i] times (no loss on
-    them). ids/mask as from `Tokenizer.encode_chat`; returns the expanded (ids, mask)."""
-    n_audio = sum(1 for t in ids if t == AUDIO_TOKEN_ID)
-    if n_audio != len(audio_tokens):
-        raise ValueError(f"{n_audio} <audio> placeholders but {len(audio_tokens)} audio clips")
-    clips = iter(audio_tokens)
-    out_ids: list[int] = []
-    out_mask: list[bool] = []
-    for t, m in zip(ids, mask):
-        n = image_tokens if t == IMAGE_TOKEN_ID else next(clips) if t == AUDIO_TOKEN_ID else 1
-        out_ids += [t] * n
-        out_mask += [m and t not in (IMAGE_TOKEN_ID, AUDIO_TOKEN_ID)] * n
-    return out_ids, out_mask
-
-
-def sft_targets(ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """ids (..., T), loss_mask (..., T) bool -> aligned targets (..., T): position t predicts ids[t + 1] where
-    loss_mask[t + 1] (assistant tokens and their <|im_end|>), IGNORE_INDEX elsewhere."""
-    nxt = torch.full_like(ids, IGNORE_INDEX)
-    nxt[..., :-1] = torch.where(loss_mask[..., 1:], ids[..., 1:], IGNORE_INDEX)
-    return nxt
-
-
 def greedy_exact_match(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """logits (B, T, V), targets (B, T) -> (B,) bool: every target token is the argmax given the reference
     prefix, i.e. greedy decoding reproduces each answer and its <|im_end|> exactly."""
@@ -186,16 +157,14 @@ class OmniModel(nn.Module):
     # ------------------------------------------------------------------ media
     @property
     def image_token_count(self) -> int:
-        """Thinker tokens per image."""
+        """Thinker tokens per image (omni.chat.image_token_count of this model's configs)."""
         if self.vision_encoder is None:
             raise ValueError("this OmniModel has no vision encoder")
-        grid = self.vision_encoder.cfg.image_size // self.vision_encoder.cfg.patch_size
-        return {"cls": 1, "pooled": (grid // self.cfg.image_pool) ** 2, "patches": grid * grid}[self.cfg.image_tokens]
+        vision = self.vision_encoder.cfg
+        return image_token_count(self.cfg.image_tokens, image_size=vision.image_size, patch_size=vision.patch_size,
+                                 pool=self.cfg.image_pool)
 
-    @staticmethod
-    def audio_token_count(mel_frames: int) -> int:
-        """Thinker tokens for a clip of `mel_frames` 100 Hz frames: one per 12.5 Hz encoder frame."""
-        return int(encoder_frames(mel_frames))
+    audio_token_count = staticmethod(audio_token_count)  # omni.chat's: Thinker tokens per clip of mel_frames
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """images (N, 3, S, S) -> Thinker embeddings (N, L, D), L = image_token_count."""
@@ -236,7 +205,7 @@ class OmniModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, *, targets: torch.Tensor | None = None,
                 images: torch.Tensor | None = None, mel: torch.Tensor | None = None,
                 mel_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """input_ids (B, T) right-padded, placeholders expanded; targets (B, T) from `sft_targets`;
+        """input_ids (B, T) right-padded, placeholders expanded; targets (B, T) from `omni.chat.sft_targets`;
         images (N, 3, S, S) and mel (N, T_mel, F) + mel_lengths (N,) in placeholder order
         -> (logits (B, T, V), loss over assistant tokens or None)."""
         embeds = self.embed_inputs(input_ids, images=images, mel=mel, mel_lengths=mel_lengths)

@@ -1,10 +1,9 @@
 """SentencePiece tokenizer: training, loading, special tokens and the Qwen-style chat template.
 
 Design choices:
-- Special tokens have fixed ids equal to their index in `SPECIAL_TOKENS`: <pad>=0, <unk>=1, <bos>=2, <eos>=3 are
-  SentencePiece's control/unknown pieces; the rest are user-defined symbols, which SentencePiece always emits as
-  one piece, also inside ordinary text ("<image> What colour?" -> one <image> id). New symbols go at the end of
-  `SPECIAL_TOKENS` only, so existing ids never move.
+- Special tokens are omni.chat's `SPECIAL_TOKENS` (their ids are their indexes there): the first four become
+  SentencePiece's pad/unk/bos/eos pieces, the rest user-defined symbols, which SentencePiece always emits as one
+  piece, also inside ordinary text. `Tokenizer` checks that a loaded model has them at those ids.
 - byte_fallback is always on: a character the corpus never showed (an accent, an emoji, a newline) becomes its
   UTF-8 byte pieces instead of <unk>, so decode(encode(text)) keeps the text and the chat template can use the
   byte piece <0x0A> as its newline (the default nmt_nfkc normalizer turns a "\n" inside text into a space). The
@@ -27,15 +26,12 @@ from pathlib import Path
 import sentencepiece as spm
 
 from omni.atomic import atomic_file
+
+# The token names are re-exported: `from omni.tokenizer import IM_END` keeps working.
+from omni.chat import AUDIO, BOS, EOS, IM_END, IM_START, IMAGE, N_CONTROL, PAD, SPECIAL_TOKENS, UNK  # noqa: F401
 from omni.data.manifest import decode_line
 from omni.errors import InvalidInput, MissingInput
 
-PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
-IM_START, IM_END, IMAGE, AUDIO = "<|im_start|>", "<|im_end|>", "<image>", "<audio>"
-# Every special token; its id is its index. The first four are SentencePiece's own pad/unk/bos/eos pieces,
-# the others user-defined symbols. Append new symbols at the end (retraining the tokenizer) so old ids stay.
-SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, IM_START, IM_END, IMAGE, AUDIO)
-_N_CONTROL = 4  # SPECIAL_TOKENS[:4] map to SentencePiece's pad_id/unk_id/bos_id/eos_id
 CHAT_ROLES = ("system", "user", "assistant")
 TOKENIZER_FILE = "tokenizer.model"
 MODEL_TYPES = ("unigram", "bpe")
@@ -106,7 +102,7 @@ def train_tokenizer(
             num_threads=num_threads,
             pad_id=0, unk_id=1, bos_id=2, eos_id=3,
             pad_piece=PAD, unk_piece=UNK, bos_piece=BOS, eos_piece=EOS,
-            user_defined_symbols=list(SPECIAL_TOKENS[_N_CONTROL:]),
+            user_defined_symbols=list(SPECIAL_TOKENS[N_CONTROL:]),
             byte_fallback=True,
             minloglevel=1,  # warnings (e.g. skipped lines) stay visible, the per-iteration log does not
         )

@@ -10,11 +10,12 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from PIL import Image
 
+from omni.chat import NEW_TOKEN_IDS, ChatEncoder, image_token_count
 from omni.data.sft import SftSource, read_sft_manifest
-from omni.omni_model import OmniModel, expand_placeholders
-from omni.tokenizer import train_tokenizer
+from omni.tokenizer import IM_END, IM_START, train_tokenizer
 
 X = -100  # no loss
 USER_IMAGE = "<image> What colour is the shape?"
@@ -80,7 +81,33 @@ def test_sft_items_keep_their_ids_and_targets(data):
 def test_inference_prompts_keep_their_ids(data, case):
     _, tokenizer = data
     messages, image_tokens, mel_frames, expected = INFER[case]
-    ids, mask = tokenizer.encode_chat(messages, add_generation_prompt=True)
-    audio = [OmniModel.audio_token_count(mel_frames)] if mel_frames else []
-    ids, _ = expand_placeholders(ids, mask, image_tokens=image_tokens, audio_tokens=audio)
-    assert ids == expected
+    image = torch.zeros(3, 16, 16) if image_tokens else None
+    audio = torch.zeros(mel_frames, 16) if mel_frames else None
+    chat = ChatEncoder(tokenizer, image_tokens=image_tokens)
+    ids, mask = chat.encode_prompt(messages, image, audio, add_generation_prompt=True)
+    assert ids == expected and len(mask) == len(ids)
+    unchecked, _ = chat.encode_prompt(messages, image, audio, add_generation_prompt=True, check_placeholders=False)
+    assert unchecked == expected
+
+
+def test_placeholders_must_match_the_media(data):
+    _, tokenizer = data
+    chat = ChatEncoder(tokenizer, image_tokens=3)
+    with pytest.raises(ValueError, match="exactly one <image> .* found 1 with 'image' absent"):
+        chat.encode_prompt([{"role": "user", "content": USER_IMAGE}])
+    with pytest.raises(ValueError, match="exactly one <audio> .* found 0 with 'audio' given"):
+        chat.encode_prompt([{"role": "user", "content": "hello"}], audio=torch.zeros(51, 16))
+    answer_placeholder = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<image>"}]
+    with pytest.raises(ValueError, match="exactly one <image> .* found 1 with 'image' given"):
+        chat.encode_prompt(answer_placeholder, torch.zeros(3, 16, 16))
+    # Unchecked (inference keeps the user's text as typed): an <image> without an image expands to nothing.
+    ids, _ = chat.encode_prompt([{"role": "user", "content": USER_IMAGE}], check_placeholders=False)
+    assert ids == [2, *USER, 294, *IMAGE_Q]
+
+
+def test_media_token_counts_and_new_tokens(data):
+    _, tokenizer = data
+    assert [image_token_count(m, image_size=32, patch_size=4, pool=2) for m in ("cls", "pooled", "patches")] == \
+        [1, 16, 64]
+    # The rows Stage E trains with a frozen Thinker: the chat and media tokens, not <pad>/<unk>/<bos>/<eos>.
+    assert NEW_TOKEN_IDS == (4, 5, 6, 7) and tokenizer.token_id(IM_START) == 4 and tokenizer.token_id(IM_END) == 5

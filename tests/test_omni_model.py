@@ -5,16 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from omni.audio_encoder import AsrModel, AudioEncoder, AudioEncoderConfig
-from omni.omni_model import (
-    AUDIO_TOKEN_ID,
-    IGNORE_INDEX,
-    IMAGE_TOKEN_ID,
-    OmniConfig,
-    OmniModel,
-    expand_placeholders,
-    greedy_exact_match,
-    sft_targets,
-)
+from omni.chat import AUDIO_TOKEN_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, expand_placeholders, sft_targets
+from omni.omni_model import OmniConfig, OmniModel, greedy_exact_match
 from omni.thinker import ThinkerConfig
 from omni.training import adamw
 from omni.vision_encoder import VisionConfig, VisionEncoder

@@ -10,10 +10,10 @@ import soundfile as sf
 import torch
 
 from omni.audio import SAMPLE_RATE, encoder_frames, mel_frames
+from omni.chat import AUDIO_TOKEN_ID, IGNORE_INDEX, IMAGE_TOKEN_ID
 from omni.data.manifest import read_jsonl
 from omni.data.resumable import BadSample
 from omni.data.sft import SftSource, read_sft_manifest
-from omni.omni_model import AUDIO_TOKEN_ID, IGNORE_INDEX, IMAGE_TOKEN_ID
 from omni.synthetic import speech
 from omni.synthetic.images import COUNT_WORDS, write_image_dataset
 from omni.synthetic.sft import OCR_WORDS, audio_question, image_question, write_sft_dataset

@@ -6,14 +6,15 @@ A manifest line is `{"messages": [{"role": "user", "content": "<image> What colo
 the user turns per medium, and an optional "task" that names the group a metric is reported for (default:
 image_qa / audio_qa / text from the media present).
 
-An item is the chat template of `Tokenizer.encode_chat` (the assistant mask covers each answer and its closing
-`<|im_end|>`), its placeholders expanded to the number of Thinker tokens the model gives the medium
-(`omni.omni_model.expand_placeholders`: `image_tokens` per image, one per 12.5 Hz encoder frame of the audio), and
-the targets that put the loss on assistant tokens only. Images go through `omni.data.images.image_to_tensor` and
-audio through `omni.audio.load_audio` + `LogMel`, the same preprocessing as Stages B and C. Problems with a record
-(bad structure, missing, unreadable or truncated media, placeholder counts, too long for max_length or for the audio
-encoder's max_frames) raise `BadSample` naming manifest:line, so the run skips and counts it; an unreadable manifest
-line (invalid JSON) or a field of the wrong JSON type ("image": 5, "task": 5, "duration": NaN) is an error.
+An item is `omni.chat.ChatEncoder.encode_prompt` of the conversation, as inference encodes it: the chat template
+of `Tokenizer.encode_chat` (the assistant mask covers each answer and its closing `<|im_end|>`) with its
+placeholders expanded to the number of Thinker tokens the model gives the medium (`image_tokens` per image, one per
+12.5 Hz encoder frame of the audio), and the targets that put the loss on assistant tokens only (`sft_targets`).
+Images go through `omni.data.images.image_to_tensor` and audio through `omni.audio.load_audio` + `LogMel`, the
+same preprocessing as Stages B and C. Problems with a record (bad structure, missing, unreadable or truncated media,
+placeholder counts, too long for max_length or for the audio encoder's max_frames) raise `BadSample` naming
+manifest:line, so the run skips and counts it; an unreadable manifest line (invalid JSON) or a field of the wrong
+JSON type ("image": 5, "task": 5, "duration": NaN) is an error.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import soundfile as sf
 import torch
 
 from omni.audio import SAMPLE_RATE, AudioError, LogMel, load_audio, mel_frames
+from omni.chat import IGNORE_INDEX, ChatEncoder, audio_token_count, sft_targets
 from omni.data.images import image_to_tensor, load_image
 from omni.data.manifest import check_fields, read_jsonl_lines, resolve
 from omni.data.resumable import BadSample
 from omni.data.speech import check_encoder_frames
-from omni.omni_model import AUDIO_TOKEN_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, OmniModel, expand_placeholders, sft_targets
 
 
 def default_task(record: dict) -> str:
@@ -58,10 +59,12 @@ class SftSource:
                  image_tokens: int = 0, n_mels: int | None = None, max_mel_frames: int | None = None,
                  max_encoder_frames: int | None = None):
         """image_size / n_mels: the vision / audio encoder's input (None: the model has no such encoder, and
-        records with that medium are bad samples). image_tokens: `OmniModel.image_token_count`. max_mel_frames:
-        the data's limit on audio (data.max_mel_frames); max_encoder_frames: the audio encoder's `max_frames`;
-        longer audio is a bad sample either way (None: no limit)."""
+        records with that medium are bad samples). image_tokens: Thinker tokens per image
+        (`OmniModel.image_token_count`). max_mel_frames: the data's limit on audio (data.max_mel_frames);
+        max_encoder_frames: the audio encoder's `max_frames`; longer audio is a bad sample either way (None: no
+        limit)."""
         self.records, self.tokenizer, self.max_length = records, tokenizer, max_length
+        self.chat = ChatEncoder(tokenizer, image_tokens=image_tokens)
         self.image_size, self.image_tokens, self.max_mel_frames = image_size, image_tokens, max_mel_frames
         self.max_encoder_frames = max_encoder_frames
         self.logmel = LogMel(n_mels) if n_mels is not None else None
@@ -85,7 +88,7 @@ class SftSource:
         try:
             n = len(self.tokenizer.encode_chat(record["messages"])[0])
             if record.get("audio") is not None:
-                n += OmniModel.audio_token_count(mel_frames(round(sf.info(record["audio"]).duration * SAMPLE_RATE)))
+                n += audio_token_count(mel_frames(round(sf.info(record["audio"]).duration * SAMPLE_RATE)))
         except (KeyError, TypeError, ValueError, RuntimeError, OSError):
             return 0
         return n + (self.image_tokens if record.get("image") is not None else 0)
@@ -98,17 +101,8 @@ class SftSource:
                 isinstance(m, dict) and m.get("role") == "assistant" and str(m.get("content", "")).strip()
                 for m in messages):
             raise BadSample(f"{where}: 'messages' must be a list with a non-empty assistant turn")
-        try:
-            ids, mask = self.tokenizer.encode_chat(messages)
-        except ValueError as e:
-            raise BadSample(f"{where}: {e}") from None
-        for key, token_id, present in (("image", IMAGE_TOKEN_ID, self.image_size), ("audio", AUDIO_TOKEN_ID,
-                                                                                    self.logmel)):
-            n, has = ids.count(token_id), record.get(key) is not None
-            if n != int(has) or any(m for t, m in zip(ids, mask) if t == token_id):
-                raise BadSample(f"{where}: needs exactly one <{key}> in a user turn when {key!r} is given and none "
-                                f"otherwise; found {n} with {key!r} {'given' if has else 'absent'}")
-            if has and present is None:
+        for key, present in (("image", self.image_size), ("audio", self.logmel)):
+            if record.get(key) is not None and present is None:
                 raise BadSample(f"{where}: has {key!r} but the model has no {key} encoder")
         image = mel = None
         if record.get("image") is not None:
@@ -116,7 +110,6 @@ class SftSource:
                 image = image_to_tensor(load_image(record["image"]), self.image_size)
             except (FileNotFoundError, ValueError) as e:
                 raise BadSample(f"{where}: {e}") from None
-        audio_tokens = []
         if record.get("audio") is not None:
             try:
                 wav = load_audio(record["audio"], duration=record.get("duration"))
@@ -128,8 +121,10 @@ class SftSource:
                 raise BadSample(f"{where}: {record['audio']} gives {mel.shape[0]} mel frames > max_mel_frames="
                                 f"{self.max_mel_frames}")
             check_encoder_frames(record["audio"], mel.shape[0], self.max_encoder_frames, where=f"{where}: ")
-            audio_tokens = [OmniModel.audio_token_count(mel.shape[0])]
-        ids, mask = expand_placeholders(ids, mask, image_tokens=self.image_tokens, audio_tokens=audio_tokens)
+        try:  # bad roles or content, placeholders that do not match the media
+            ids, mask = self.chat.encode_prompt(messages, image, mel)
+        except ValueError as e:
+            raise BadSample(f"{where}: {e}") from None
         if len(ids) > self.max_length:
             raise BadSample(f"{where}: {len(ids)} tokens with media expanded > max_length={self.max_length}")
         ids_t = torch.tensor(ids, dtype=torch.long)
