@@ -11,16 +11,18 @@ Design choices
 - Padding never leaks into real frames: before every conv the frames past each utterance's length are zeroed, so a
   padded batch sees exactly the zeros an unpadded clip sees from the conv's own zero padding; the transformer
   then masks padded keys. Real outputs are identical (up to float rounding) however much a row is padded.
-- Transformer: the shared pre-norm `Block` (RMSNorm, QK-norm, SwiGLU, no biases) with causal=False, rotary
-  positions over encoder frames, final RMSNorm. Qwen3-Omni's AuT (Qwen3-Omni technical report, 2025) uses the
-  same 12.5 Hz rate, so Stage E can hand one token per 80 ms to the Thinker.
+- Transformer: the shared `omni.layers.Transformer` trunk (pre-norm blocks with RMSNorm, QK-norm, SwiGLU, no
+  biases) with causal=False, rotary positions over encoder frames, final RMSNorm. Qwen3-Omni's AuT (Qwen3-Omni
+  technical report, 2025) uses the same 12.5 Hz rate, so Stage E can hand one token per 80 ms to the Thinker.
+- Init: PyTorch's defaults. Unlike the other transformers it does not call `Transformer.init_weights`; the trained
+  Stage B encoders (and the demo) were made this way, and adopting the shared init would change them.
 - CTC head: 12.5 frames/s is fewer than the ~12-16 characters/s of ordinary English speech, and CTC needs at
   least one frame per character (plus one per repeated pair). The head therefore predicts `ctc_upsample`
   character slots per encoder frame (one linear layer to upsample x V, reshaped to upsample x T frames), which
   keeps the encoder at 12.5 Hz for the Thinker while CTC runs at 25 Hz (upsample 2) or 50 Hz (4).
-- Loss: `F.ctc_loss(blank=0, zero_infinity=True, reduction="mean")`: each utterance's negative log-likelihood is
-  divided by its label length, then averaged over the batch, so the loss reads as nats per character and does not
-  grow with utterance length; an impossible alignment contributes zero instead of inf.
+- Loss: `omni.ctc.ctc_loss` (shared with OCR): each utterance's negative log-likelihood divided by its label
+  length, averaged over the batch, so the loss reads as nats per character and does not grow with utterance
+  length; an impossible alignment contributes zero instead of inf.
 
 References: Graves et al. 2006 (CTC); Gulati et al. 2020 (Conformer conv subsampling); Radford et al. 2022
 (Whisper); Su et al. 2021 (RoFormer).
@@ -36,7 +38,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from omni.audio import (
     SUBSAMPLE_KERNEL,
@@ -46,8 +47,8 @@ from omni.audio import (
     conv_output_frames,
     encoder_frames,
 )
-from omni.ctc import BLANK_ID
-from omni.layers import Block, RMSNorm, RotaryEmbedding, check_rotary_heads
+from omni.ctc import ctc_loss
+from omni.layers import Transformer, check_rotary_heads, lengths_mask
 
 
 @dataclass
@@ -75,11 +76,6 @@ class AudioEncoderConfig:
         if bad:
             raise ValueError(f"AudioEncoderConfig sizes must be positive, got {bad}")
         check_rotary_heads(self.d_model, self.n_heads, self.n_kv_heads, self.dropout)
-
-
-def lengths_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
-    """(B,) lengths -> (B, size) bool, True at real positions."""
-    return torch.arange(size, device=lengths.device) < lengths[:, None]
 
 
 def normalize_utterances(mel: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -114,7 +110,7 @@ class ConvSubsampling(nn.Module):
         return self.proj(x), lengths
 
 
-class AudioEncoder(nn.Module):
+class AudioEncoder(Transformer):
     """AuT encoder: log-mel (B, T, F) at 100 Hz -> features (B, T', D) at 12.5 Hz."""
 
     def __init__(self, cfg: AudioEncoderConfig):
@@ -122,28 +118,10 @@ class AudioEncoder(nn.Module):
         self.cfg = cfg
         self.subsample = ConvSubsampling(n_mels=cfg.n_mels, channels=cfg.conv_channels, d_model=cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.rotary = RotaryEmbedding(
-            head_dim=cfg.d_model // cfg.n_heads, max_seq_len=cfg.max_frames, theta=cfg.rope_theta
-        )
-        self.layers = nn.ModuleList(
-            Block(
-                d_model=cfg.d_model,
-                n_heads=cfg.n_heads,
-                n_kv_heads=cfg.n_kv_heads,
-                d_ff=cfg.d_ff,
-                causal=False,
-                qk_norm=cfg.qk_norm,
-                norm_eps=cfg.norm_eps,
-                dropout=cfg.dropout,
-            )
-            for _ in range(cfg.n_layers)
-        )
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.gradient_checkpointing = False
-
-    def set_gradient_checkpointing(self, enabled: bool) -> None:
-        """Recompute each block's activations in backward instead of storing them (less memory, ~30% more time)."""
-        self.gradient_checkpointing = enabled
+        self.build_trunk(n_layers=cfg.n_layers, d_model=cfg.d_model, norm_eps=cfg.norm_eps, rotary_len=cfg.max_frames,
+                         rope_theta=cfg.rope_theta, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, d_ff=cfg.d_ff,
+                         causal=False, qk_norm=cfg.qk_norm, dropout=cfg.dropout)
+        # No init_weights() here: see "Init" in the module docstring.
 
     @staticmethod
     def output_lengths(mel_lengths: torch.Tensor) -> torch.Tensor:
@@ -167,14 +145,7 @@ class AudioEncoder(nn.Module):
                 f"input gives {x.shape[1]} encoder frames ({T} mel frames) but max_frames={self.cfg.max_frames}"
             )
         x = self.dropout(x)
-        rope = self.rotary(torch.arange(x.shape[1], device=x.device))
-        mask = lengths_mask(lengths, x.shape[1])
-        for block in self.layers:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, _ = checkpoint(block, x, rope, mask, use_reentrant=False)
-            else:
-                x, _ = block(x, rope, mask)
-        return self.norm(x), lengths
+        return self.run_blocks(x, key_padding_mask=lengths_mask(lengths, x.shape[1]))[0], lengths
 
 
 class CTCHead(nn.Module):
@@ -193,25 +164,6 @@ class CTCHead(nn.Module):
         return self.proj(x).view(B, T * self.upsample, self.vocab_size)
 
 
-def ctc_loss(
-    log_probs: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, label_lengths: torch.Tensor
-) -> torch.Tensor:
-    """Mean-over-batch CTC loss in nats per label (see module docstring).
-
-    log_probs (B, T, V) float32 log-softmax; lengths (B,) valid frames; labels (B, L) padded with anything past
-    label_lengths (B,). Blank is id 0.
-    """
-    return F.ctc_loss(
-        log_probs.transpose(0, 1),
-        labels,
-        lengths,
-        label_lengths,
-        blank=BLANK_ID,
-        reduction="mean",
-        zero_infinity=True,
-    )
-
-
 class AsrModel(nn.Module):
     """Audio encoder + CTC head: log-mel -> per-frame character log-probabilities (+ CTC loss)."""
 
@@ -222,6 +174,7 @@ class AsrModel(nn.Module):
         self.head = CTCHead(d_model=encoder.cfg.d_model, vocab_size=vocab_size, upsample=ctc_upsample)
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """The encoder's (`Transformer.set_gradient_checkpointing`); the head has nothing to recompute."""
         self.encoder.set_gradient_checkpointing(enabled)
 
     def output_lengths(self, mel_lengths: torch.Tensor) -> torch.Tensor:

@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from omni.layers import Block, RMSNorm, RotaryEmbedding, check_rotary_heads
+from omni.layers import Transformer, check_rotary_heads
 from omni.vision_encoder import VisionConfig, VisionEncoder
 
 OBJECTIVES = ("contrastive", "classify")
@@ -161,8 +160,8 @@ def caption_retrieval(image_emb: torch.Tensor, text_emb: torch.Tensor, captions:
     return out
 
 
-class TextEncoder(nn.Module):
-    """Token embedding + rotary non-causal blocks + RMSNorm, mean-pooled over real tokens."""
+class TextEncoder(Transformer):
+    """Token embedding + the shared trunk (rotary, non-causal) + RMSNorm, mean-pooled over real tokens."""
 
     def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
@@ -172,30 +171,16 @@ class TextEncoder(nn.Module):
             raise ValueError(f"text d_model={cfg.d_model} must split into n_heads={cfg.n_heads} even head widths")
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(
-            Block(d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, d_ff=cfg.d_ff, causal=False,
-                  norm_eps=cfg.norm_eps, dropout=cfg.dropout)
-            for _ in range(cfg.n_layers)
-        )
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.rotary_emb = RotaryEmbedding(head_dim=cfg.d_model // cfg.n_heads, max_seq_len=cfg.max_len,
-                                          theta=cfg.rope_theta)
-        self.gradient_checkpointing = False
-        for name, module in self.named_modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                std = 0.02 / math.sqrt(2 * cfg.n_layers) if name.endswith(("o_proj", "down_proj")) else 0.02
-                nn.init.normal_(module.weight, std=std)
+        self.build_trunk(n_layers=cfg.n_layers, d_model=cfg.d_model, norm_eps=cfg.norm_eps, rotary_len=cfg.max_len,
+                         rope_theta=cfg.rope_theta, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, d_ff=cfg.d_ff,
+                         causal=False, dropout=cfg.dropout)
+        self.init_weights()
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids (B, T), mask (B, T) bool True = real -> pooled (B, D)."""
         if ids.shape[1] > self.cfg.max_len:
             raise ValueError(f"captions of {ids.shape[1]} tokens exceed the text encoder's max_len={self.cfg.max_len}")
-        x = self.embed_tokens(ids)
-        rope = self.rotary_emb(torch.arange(ids.shape[1], device=ids.device))
-        use_checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for layer in self.layers:
-            x = checkpoint(layer, x, rope, mask, use_reentrant=False)[0] if use_checkpoint else layer(x, rope, mask)[0]
-        return mean_pool(self.norm(x), mask)
+        return mean_pool(self.run_blocks(self.embed_tokens(ids), key_padding_mask=mask)[0], mask)
 
 
 class ContrastiveModel(nn.Module):
@@ -234,7 +219,7 @@ class ContrastiveModel(nn.Module):
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.vision.set_gradient_checkpointing(enabled)
         if self.text_encoder is not None:
-            self.text_encoder.gradient_checkpointing = enabled
+            self.text_encoder.set_gradient_checkpointing(enabled)
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale) clamped to logit_scale_max: the multiplier of the cosine similarities."""

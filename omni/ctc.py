@@ -1,7 +1,11 @@
-"""Character vocabulary and greedy CTC decoding, shared by the ASR head (Stage B) and the OCR model.
+"""Character vocabulary, the CTC loss and greedy CTC decoding, shared by the ASR head (Stage B) and the OCR model.
 
 Id 0 is the CTC blank, so real characters start at 1. The vocabulary is stored in checkpoints as its character
 list (`to_list`) so a model can always be rebuilt with exactly the alphabet it was trained on.
+
+The loss is `F.ctc_loss(blank=0, reduction="mean", zero_infinity=True)` in float32: each row's negative
+log-likelihood divided by its label length, then averaged over the batch (nats per character, independent of the
+utterance length); an impossible alignment contributes zero instead of inf.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 BLANK_ID = 0
 
@@ -66,6 +71,19 @@ def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[li
         keep[1:] = path[1:] != path[:-1]
         out.append([i for i in path[keep].tolist() if i != BLANK_ID])
     return out
+
+
+def ctc_transcripts(log_probs: torch.Tensor, lengths: torch.Tensor, vocab: CharVocab) -> list[str]:
+    """Greedy (best-path) transcript of each row: log_probs (B, T, V), lengths (B,) valid frames -> B strings."""
+    return [vocab.decode(ids) for ids in ctc_greedy_decode(log_probs, lengths)]
+
+
+def ctc_loss(log_probs: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
+             label_lengths: torch.Tensor) -> torch.Tensor:
+    """Mean CTC loss in nats per label (module docstring): log_probs (B, T, V) log-softmax, lengths (B,) valid
+    frames, labels (B, L) padded with anything past label_lengths (B,) -> scalar float32."""
+    return F.ctc_loss(log_probs.float().transpose(0, 1), labels, lengths, label_lengths, blank=BLANK_ID,
+                      reduction="mean", zero_infinity=True)
 
 
 def min_ctc_frames(label_ids: Sequence[int]) -> int:

@@ -1,7 +1,13 @@
-"""Shared transformer building blocks: every transformer in omni (Thinker, AuT audio encoder, ViT, Talker) is a stack
-of the `Block` defined here.
+"""Shared transformer building blocks and the one transformer trunk: every transformer in omni (Thinker, AuT audio
+encoder, ViT, text encoder, Talker, OCR) subclasses `Transformer`, a stack of the `Block` defined here.
 
 Design choices
+- `Transformer` owns what the six models share: the blocks (`layers`), the final `norm`, the rotary table
+  (`rotary_emb`, absent for the ViT's learned positions), the block loop with gradient checkpointing
+  (`run_blocks`; recompute only when training with autograd and no KV cache, which must not be written twice) and
+  `init_weights`. It is a base class, not a submodule, so checkpoints keep their keys (`layers.i.*`, `norm.*`).
+- Init (`init_weights`, GPT-2): normal(0, 0.02) for Linear/Embedding weights, residual output projections
+  (o_proj, down_proj) 0.02 / sqrt(2 n_layers) so the residual stream variance does not grow with depth.
 - Qwen3 layout and naming (RMSNorm pre-norm, per-head QK RMSNorm applied before rotary, GQA, SwiGLU, no biases), so
   a Thinker's state dict maps 1:1 onto Hugging Face `Qwen3ForCausalLM` (`model.` prefix aside) and exports with
   matching logits. Rotary uses the HF "rotate_half" convention (the first and second halves of head_dim pair up),
@@ -29,11 +35,19 @@ Shape legend: B batch, T time/tokens, D model width, H heads, E experts.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 RoPE = tuple[torch.Tensor, torch.Tensor]
+
+
+def lengths_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    """(B,) lengths -> (B, size) bool, True at the real (non-padding) positions."""
+    return torch.arange(size, device=lengths.device) < lengths[:, None]
 
 
 def check_rotary_heads(d_model: int, n_heads: int, n_kv_heads: int, dropout: float | None = None) -> None:
@@ -255,33 +269,13 @@ class MoE(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)); mlp is SwiGLU or MoE."""
 
-    def __init__(
-        self,
-        *,
-        d_model: int,
-        n_heads: int,
-        n_kv_heads: int,
-        d_ff: int,
-        head_dim: int | None = None,
-        causal: bool = True,
-        qk_norm: bool = True,
-        norm_eps: float = 1e-6,
-        n_experts: int = 0,
-        moe_top_k: int = 2,
-        dropout: float = 0.0,
-    ):
+    def __init__(self, *, d_model: int, n_heads: int, n_kv_heads: int, d_ff: int, head_dim: int | None = None,
+                 causal: bool = True, qk_norm: bool = True, norm_eps: float = 1e-6, n_experts: int = 0,
+                 moe_top_k: int = 2, dropout: float = 0.0):
         super().__init__()
         self.input_layernorm = RMSNorm(d_model, norm_eps)
-        self.self_attn = Attention(
-            d_model=d_model,
-            n_heads=n_heads,
-            n_kv_heads=n_kv_heads,
-            head_dim=head_dim,
-            qk_norm=qk_norm,
-            causal=causal,
-            dropout=dropout,
-            norm_eps=norm_eps,
-        )
+        self.self_attn = Attention(d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
+                                   qk_norm=qk_norm, causal=causal, dropout=dropout, norm_eps=norm_eps)
         self.post_attention_layernorm = RMSNorm(d_model, norm_eps)
         if n_experts > 0:
             self.mlp = MoE(d_model=d_model, d_ff=d_ff, n_experts=n_experts, top_k=moe_top_k)
@@ -304,6 +298,62 @@ class Block(nn.Module):
         else:
             aux = x.new_zeros((), dtype=torch.float32)
         return x + self.resid_dropout(h), aux
+
+
+class Transformer(nn.Module):
+    """Base class of every omni transformer: `build_trunk` makes `layers`, `norm` and `rotary_emb`, `run_blocks`
+    runs them, `init_weights` initialises them; subclasses add their own embeddings and heads."""
+
+    def build_trunk(self, *, n_layers: int, d_model: int, norm_eps: float, rotary_len: int | None = None,
+                    rope_theta: float = 10_000.0, **block) -> None:
+        """n_layers `Block(d_model=, norm_eps=, **block)`, the final RMSNorm, and a rotary table over rotary_len
+        positions (None: no rotary, e.g. learned positions). Call it where the blocks belong in the state dict."""
+        self.layers = nn.ModuleList(Block(d_model=d_model, norm_eps=norm_eps, **block) for _ in range(n_layers))
+        self.norm = RMSNorm(d_model, norm_eps)
+        head_dim = block.get("head_dim") or d_model // block["n_heads"]
+        self.rotary_emb = None if rotary_len is None else RotaryEmbedding(
+            head_dim=head_dim, max_seq_len=rotary_len, theta=rope_theta)
+        self.gradient_checkpointing = False
+
+    def init_weights(self, root: nn.Module | None = None) -> None:
+        """The GPT-2 init (module docstring) over root's Linear/Embedding weights (default: the whole model), in
+        named_modules order; biases, convs and norms keep PyTorch's defaults. Call it last in __init__."""
+        out_std = 0.02 / math.sqrt(2 * len(self.layers))
+        for name, module in (self if root is None else root).named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=out_std if name.endswith(("o_proj", "down_proj")) else 0.02)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them (less memory, about
+        a third more compute); applies in training mode with autograd on and no KV cache."""
+        self.gradient_checkpointing = enabled
+
+    def make_caches(self, max_len: int) -> list[KVCache]:
+        """One empty `KVCache` per layer, holding up to max_len positions."""
+        return [KVCache(max_len) for _ in self.layers]
+
+    def run_blocks(self, x: torch.Tensor, positions: torch.Tensor | None = None,
+                   key_padding_mask: torch.Tensor | None = None,
+                   caches: list[KVCache] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, D) -> (final-norm hidden (B, T, D), MoE aux loss averaged over layers; zero without MoE).
+        positions: rotary positions (T,) or (B, T); None = the T positions after what the caches hold (0.. without
+        caches). key_padding_mask and caches (one per layer) as in `Attention.forward`."""
+        rope = None
+        if self.rotary_emb is not None:
+            if positions is None:
+                start = caches[0].length if caches is not None else 0
+                positions = torch.arange(start, start + x.shape[1], device=x.device)
+            rope = self.rotary_emb(positions)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and caches is None
+        aux = x.new_zeros((), dtype=torch.float32)
+        for i, layer in enumerate(self.layers):
+            cache = caches[i] if caches is not None else None
+            if recompute:
+                x, layer_aux = checkpoint(layer, x, rope, key_padding_mask, cache, use_reentrant=False)
+            else:
+                x, layer_aux = layer(x, rope, key_padding_mask, cache)
+            aux = aux + layer_aux
+        return self.norm(x), aux / len(self.layers)
 
 
 def sample_next_token(

@@ -9,12 +9,14 @@ Design choices
   how much right padding a batch adds (padding invariance, tested); the blocks get a key-padding mask from
   `output_lengths`. No batch / group norm in the conv stack for the same reason (their statistics would see the
   padding); the RMSNorm after the projection is per frame.
-- Blocks are the shared non-causal `omni.layers.Block` with rotary positions: the order of characters is local, so
-  relative positions suit it, and the line length varies.
+- Blocks are the shared `omni.layers.Transformer` trunk, non-causal, with rotary positions: the order of
+  characters is local, so relative positions suit it, and the line length varies. Its init
+  (`Transformer.init_weights`) covers the blocks only; the conv frontend, its projection and the CTC head keep
+  PyTorch's defaults (as the OCR models trained so far were made).
 - `output_lengths(widths)` is exact: each stride-2 conv (kernel 3, padding 1) maps w -> ceil(w / 2).
-- The CTC head is linear over `vocab_size` = len(CharVocab) ids with blank 0; the loss is `F.ctc_loss` in float32,
-  mean over the batch of per-line losses divided by label length, `zero_infinity` so an unalignable line (which
-  the data source already rejects) cannot turn the loss into inf.
+- The CTC head is linear over `vocab_size` = len(CharVocab) ids with blank 0; the loss is `omni.ctc.ctc_loss`
+  (float32, mean over the batch of per-line losses divided by label length, `zero_infinity` so an unalignable
+  line, which the data source already rejects, cannot turn the loss into inf).
 
 References: Shi et al. 2016 (CRNN); Graves et al. 2006 (CTC).
 
@@ -29,10 +31,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from omni.ctc import BLANK_ID
-from omni.layers import Block, RMSNorm, RotaryEmbedding, check_rotary_heads
+from omni.ctc import ctc_loss
+from omni.layers import RMSNorm, Transformer, check_rotary_heads, lengths_mask
 
 _STRIDES = ((2, 2), (2, 2), (2, 1))  # (height, width) stride of each conv layer
 
@@ -77,11 +78,11 @@ class ConvFrontend(nn.Module):
 
     def forward(self, images: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
         """images (B, 1, H, W) zero-padded right of `widths` (B,) -> (B, T, D)."""
-        x = images * (torch.arange(images.shape[-1], device=images.device) < widths[:, None])[:, None, None, :]
+        x = images * lengths_mask(widths, images.shape[-1])[:, None, None, :]
         for conv, (_, sw) in zip(self.convs, _STRIDES):
             widths = _ceil_div(widths, sw)
             x = F.gelu(conv(x))
-            x = x * (torch.arange(x.shape[-1], device=x.device) < widths[:, None])[:, None, None, :]
+            x = x * lengths_mask(widths, x.shape[-1])[:, None, None, :]
         x = x.flatten(1, 2).transpose(1, 2)  # (B, C * H', T)
         return self.norm(self.proj(x))
 
@@ -90,14 +91,7 @@ def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
     return torch.div(a + b - 1, b, rounding_mode="floor")
 
 
-def ctc_loss(log_probs: torch.Tensor, output_lengths: torch.Tensor, labels: torch.Tensor,
-             label_lengths: torch.Tensor) -> torch.Tensor:
-    """log_probs (B, T, V), output_lengths (B,), labels (B, L) padded, label_lengths (B,) -> scalar mean CTC."""
-    return F.ctc_loss(log_probs.float().transpose(0, 1), labels, output_lengths, label_lengths, blank=BLANK_ID,
-                      reduction="mean", zero_infinity=True)
-
-
-class OcrModel(nn.Module):
+class OcrModel(Transformer):
     """Conv frontend -> non-causal rotary blocks -> RMSNorm -> linear CTC head."""
 
     width_stride = math.prod(sw for _, sw in _STRIDES)  # pixels per output frame
@@ -109,24 +103,11 @@ class OcrModel(nn.Module):
         self.cfg = cfg
         self.frontend = ConvFrontend(height=cfg.height, channels=cfg.conv_channels, d_model=cfg.d_model,
                                      norm_eps=cfg.norm_eps)
-        self.layers = nn.ModuleList(
-            Block(d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, d_ff=cfg.d_ff, causal=False,
-                  norm_eps=cfg.norm_eps, dropout=cfg.dropout)
-            for _ in range(cfg.n_layers)
-        )
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.build_trunk(n_layers=cfg.n_layers, d_model=cfg.d_model, norm_eps=cfg.norm_eps, rotary_len=cfg.max_frames,
+                         rope_theta=cfg.rope_theta, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, d_ff=cfg.d_ff,
+                         causal=False, dropout=cfg.dropout)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
-        self.rotary_emb = RotaryEmbedding(head_dim=cfg.d_model // cfg.n_heads, max_seq_len=cfg.max_frames,
-                                          theta=cfg.rope_theta)
-        self.gradient_checkpointing = False
-        out_std = 0.02 / math.sqrt(2 * cfg.n_layers)
-        for name, module in self.layers.named_modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=out_std if name.endswith(("o_proj", "down_proj")) else 0.02)
-
-    def set_gradient_checkpointing(self, enabled: bool) -> None:
-        """Recompute each block's activations in the backward pass (training only) to save memory."""
-        self.gradient_checkpointing = enabled
+        self.init_weights(self.layers)  # the blocks only: see the module docstring
 
     def output_lengths(self, widths: torch.Tensor) -> torch.Tensor:
         """widths (B,) in pixels -> valid frames (B,): ceil(ceil(W / 2) / 2) = ceil(W / 4)."""
@@ -144,12 +125,8 @@ class OcrModel(nn.Module):
         frames = self.output_lengths(widths)
         if x.shape[1] > self.cfg.max_frames:
             raise ValueError(f"{x.shape[1]} frames (width {images.shape[-1]}) exceed max_frames={self.cfg.max_frames}")
-        mask = torch.arange(x.shape[1], device=x.device) < frames[:, None]
-        rope = self.rotary_emb(torch.arange(x.shape[1], device=x.device))
-        use_checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for layer in self.layers:
-            x = checkpoint(layer, x, rope, mask, use_reentrant=False)[0] if use_checkpoint else layer(x, rope, mask)[0]
-        log_probs = self.head(self.norm(x)).float().log_softmax(dim=-1)
+        x = self.run_blocks(x, key_padding_mask=lengths_mask(frames, x.shape[1]))[0]
+        log_probs = self.head(x).float().log_softmax(dim=-1)
         if labels is None:
             return log_probs, None
         if label_lengths is None:

@@ -20,8 +20,9 @@ Design choices
   as keys, so a padded batch computes exactly what each row computes alone (rotary is relative, and the gap the
   padding would leave never appears). Without text_lengths no mask is built and attention takes SDPA's causal
   fast path.
-- Blocks, rotary, KV cache and sampling are the shared ones from `omni.layers`; init follows the Thinker (normal
-  0.02, residual output projections scaled by 1/sqrt(2 n_layers)). `generate` with the KV cache equals generation
+- Blocks, rotary, final norm, block loop and init are the shared `omni.layers.Transformer` trunk (init as the
+  Thinker's: normal 0.02, residual output projections scaled by 1/sqrt(2 n_layers)); KV cache and sampling are
+  the shared ones from `omni.layers` too. `generate` with the KV cache equals generation
   without it (tested).
 
 References: Borsos et al. 2023 (AudioLM); Wang et al. 2023 (VALL-E); Copet et al. 2023 (MusicGen, parallel
@@ -32,15 +33,13 @@ Shape legend: B batch, T text tokens, F speech frames (12.5 Hz), K codebooks, V 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from omni.layers import Block, KVCache, RMSNorm, RotaryEmbedding, check_rotary_heads, sample_next_token
+from omni.layers import Transformer, check_rotary_heads, lengths_mask, sample_next_token
 
 IGNORE_INDEX = -100  # target of positions without loss (padding after END)
 
@@ -96,12 +95,7 @@ def code_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
     return ((logits.argmax(-1) == targets) & keep).sum(), keep.sum()
 
 
-def _valid(lengths: torch.Tensor, size: int) -> torch.Tensor:
-    """(B,) lengths -> (B, size) bool, True at real positions."""
-    return torch.arange(size, device=lengths.device) < lengths[:, None]
-
-
-class Talker(nn.Module):
+class Talker(Transformer):
     """Text ids -> K-codebook speech codes, one frame per step."""
 
     def __init__(self, cfg: TalkerConfig):
@@ -112,55 +106,16 @@ class Talker(nn.Module):
         self.text_embed = nn.Embedding(cfg.text_vocab_size, cfg.d_model)
         self.code_embed = nn.Embedding(K * (V + 1), cfg.d_model)
         self.register_buffer("code_offsets", torch.arange(K) * (V + 1), persistent=False)
-        self.layers = nn.ModuleList(
-            Block(
-                d_model=cfg.d_model,
-                n_heads=cfg.n_heads,
-                n_kv_heads=cfg.n_kv_heads,
-                d_ff=cfg.d_ff,
-                causal=True,
-                qk_norm=cfg.qk_norm,
-                norm_eps=cfg.norm_eps,
-                dropout=cfg.dropout,
-            )
-            for _ in range(cfg.n_layers)
-        )
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.build_trunk(n_layers=cfg.n_layers, d_model=cfg.d_model, norm_eps=cfg.norm_eps,
+                         rotary_len=cfg.max_text_len + cfg.max_frames + 1, rope_theta=cfg.rope_theta,
+                         n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, d_ff=cfg.d_ff, causal=True,
+                         qk_norm=cfg.qk_norm, dropout=cfg.dropout)
         self.heads = nn.Linear(cfg.d_model, K * (V + 1), bias=False)
-        self.rotary = RotaryEmbedding(
-            head_dim=cfg.d_model // cfg.n_heads, max_seq_len=cfg.max_text_len + cfg.max_frames + 1, theta=cfg.rope_theta
-        )
-        self.gradient_checkpointing = False
-        out_std = 0.02 / math.sqrt(2 * cfg.n_layers)
-        for name, module in self.named_modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=out_std if name.endswith(("o_proj", "down_proj")) else 0.02)
-
-    def set_gradient_checkpointing(self, enabled: bool) -> None:
-        """Recompute each block's activations in the backward pass (training only) to save memory."""
-        self.gradient_checkpointing = enabled
-
-    def make_caches(self, max_len: int) -> list[KVCache]:
-        """One empty `KVCache` per layer, holding up to max_len positions (text + frames)."""
-        return [KVCache(max_len) for _ in self.layers]
+        self.init_weights()
 
     def embed_frames(self, frame_codes: torch.Tensor) -> torch.Tensor:
         """Input ids (B, F, K) in [0, V] (V = START) -> frame embeddings (B, F, D), the sum over codebooks."""
         return self.code_embed(frame_codes + self.code_offsets).sum(dim=2)
-
-    def _backbone(
-        self, x: torch.Tensor, positions: torch.Tensor, key_padding_mask: torch.Tensor | None, caches
-    ) -> torch.Tensor:
-        """x (B, T, D), positions (T,) or (B, T) -> final-norm hidden (B, T, D)."""
-        rope = self.rotary(positions)
-        use_checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and caches is None
-        for i, layer in enumerate(self.layers):
-            cache = caches[i] if caches is not None else None
-            if use_checkpoint:
-                x, _ = checkpoint(layer, x, rope, key_padding_mask, cache, use_reentrant=False)
-            else:
-                x, _ = layer(x, rope, key_padding_mask, cache)
-        return self.norm(x)
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         """h (..., D) -> (..., K, V + 1)."""
@@ -181,7 +136,7 @@ class Talker(nn.Module):
         text_lengths = text_lengths.to(text_ids.device)
         # Frame j sits right after the row's real text, at text_length + j, whatever the padding.
         positions = torch.where(pos < T, pos, pos - T + text_lengths[:, None])
-        mask = torch.cat([_valid(text_lengths, T), pos.new_ones(B, n_frames, dtype=torch.bool)], dim=1)
+        mask = torch.cat([lengths_mask(text_lengths, T), pos.new_ones(B, n_frames, dtype=torch.bool)], dim=1)
         return positions, mask
 
     def forward(
@@ -209,7 +164,7 @@ class Talker(nn.Module):
         frames = self.embed_frames(inputs)
         x = torch.cat([self.text_embed(text_ids), frames], dim=1)
         positions, mask = self._prefix(text_ids, text_lengths, n_frames + 1)
-        logits = self._logits(self._backbone(x, positions, mask, None)[:, T:])
+        logits = self._logits(self.run_blocks(x, positions, mask)[0][:, T:])
         return logits, talker_loss(logits, talker_targets(codes, code_lengths, self.cfg.codebook_size))
 
     @torch.no_grad()
@@ -244,7 +199,7 @@ class Talker(nn.Module):
         for j in range(max_frames):
             new = x.shape[1] if caches is None else n_in - caches[0].length
             pos = positions[..., n_in - new : n_in]
-            h = self._backbone(x[:, -new:], pos, None if mask is None else mask[:, :n_in], caches)
+            h, _ = self.run_blocks(x[:, -new:], pos, None if mask is None else mask[:, :n_in], caches)
             logits = self._logits(h[:, -1])  # (B, K, V + 1)
             first = sample_next_token(logits[:, 0], **sample)  # END allowed
             rest = sample_next_token(logits[:, 1:, :V], **sample)  # real codes only

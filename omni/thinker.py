@@ -10,8 +10,8 @@ Design choices
   knows which positions carry loss (e.g. assistant tokens only in SFT).
 - With MoE layers the loss adds `moe_aux_weight` x the load-balancing loss averaged over layers, so the weight does
   not depend on depth.
-- Init: normal(0, 0.02) everywhere, output projections (o_proj, down_proj) scaled by 1/sqrt(2 n_layers) so the
-  residual stream variance does not grow with depth (GPT-2).
+- Blocks, final norm, rotary table, block loop and init are the shared `omni.layers.Transformer` trunk (init:
+  normal(0, 0.02) everywhere, output projections scaled by 1/sqrt(2 n_layers), GPT-2).
 - `generate` prefills a KV cache and then feeds one token at a time; `use_cache=False` re-runs the whole sequence
   each step and must give the same greedy tokens (tested). Generation is always batch-synchronous: all rows share
   the prompt length (no left padding).
@@ -23,15 +23,13 @@ Shape legend: B batch, T time/tokens, D model width, V vocabulary.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from omni.layers import Block, KVCache, RMSNorm, RotaryEmbedding, sample_next_token
+from omni.layers import KVCache, Transformer, sample_next_token
 
 
 @dataclass
@@ -75,53 +73,21 @@ class ThinkerConfig:
             raise ValueError(f"dropout must be in [0, 1), got dropout={self.dropout}")
 
 
-class Thinker(nn.Module):
+class Thinker(Transformer):
     """Decoder-only LM over token ids or input embeddings."""
 
     def __init__(self, cfg: ThinkerConfig):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(
-            Block(
-                d_model=cfg.d_model,
-                n_heads=cfg.n_heads,
-                n_kv_heads=cfg.n_kv_heads,
-                head_dim=cfg.head_dim,
-                d_ff=cfg.d_ff,
-                causal=True,
-                qk_norm=cfg.qk_norm,
-                norm_eps=cfg.norm_eps,
-                n_experts=cfg.n_experts,
-                moe_top_k=cfg.moe_top_k,
-                dropout=cfg.dropout,
-            )
-            for _ in range(cfg.n_layers)
-        )
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.build_trunk(n_layers=cfg.n_layers, d_model=cfg.d_model, norm_eps=cfg.norm_eps,
+                         rotary_len=cfg.max_seq_len, rope_theta=cfg.rope_theta, n_heads=cfg.n_heads,
+                         n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, d_ff=cfg.d_ff, causal=True,
+                         qk_norm=cfg.qk_norm, n_experts=cfg.n_experts, moe_top_k=cfg.moe_top_k, dropout=cfg.dropout)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.rotary_emb = RotaryEmbedding(
-            head_dim=cfg.head_dim or cfg.d_model // cfg.n_heads, max_seq_len=cfg.max_seq_len, theta=cfg.rope_theta
-        )
-        self.gradient_checkpointing = False
-        self._init_weights()
+        self.init_weights()
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-
-    def _init_weights(self) -> None:
-        out_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
-        for name, module in self.named_modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                std = out_std if name.endswith(("o_proj", "down_proj")) else 0.02
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-
-    def set_gradient_checkpointing(self, enabled: bool) -> None:
-        """Recompute each block's activations in the backward pass (training only) to save memory."""
-        self.gradient_checkpointing = enabled
-
-    def make_caches(self, max_len: int) -> list[KVCache]:
-        """One empty `KVCache` per layer, holding up to max_len tokens."""
-        return [KVCache(max_len) for _ in self.layers]
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids (B, T) -> embeddings (B, T, D)."""
@@ -131,24 +97,6 @@ class Thinker(nn.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids / inputs_embeds")
         return self.embed(input_ids) if inputs_embeds is None else inputs_embeds
-
-    def _backbone(
-        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None, caches: list[KVCache] | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, D) -> (final-norm hidden (B, T, D), MoE aux loss averaged over layers)."""
-        start = caches[0].length if caches is not None else 0
-        rope = self.rotary_emb(torch.arange(start, start + x.shape[1], device=x.device))
-        # A cache must not be written twice, so cached decoding never recomputes blocks.
-        use_checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and caches is None
-        aux = x.new_zeros((), dtype=torch.float32)
-        for i, layer in enumerate(self.layers):
-            cache = caches[i] if caches is not None else None
-            if use_checkpoint:
-                x, layer_aux = checkpoint(layer, x, rope, key_padding_mask, cache, use_reentrant=False)
-            else:
-                x, layer_aux = layer(x, rope, key_padding_mask, cache)
-            aux = aux + layer_aux
-        return self.norm(x), aux / len(self.layers)
 
     def hidden_states(
         self,
@@ -160,7 +108,7 @@ class Thinker(nn.Module):
     ) -> torch.Tensor:
         """input_ids (B, T) or inputs_embeds (B, T, D) -> final-norm hidden states (B, T, D).
         key_padding_mask: (B, T_k) bool, True = real token (T_k = cached + new tokens when caches are given)."""
-        return self._backbone(self._inputs(input_ids, inputs_embeds), key_padding_mask, caches)[0]
+        return self.run_blocks(self._inputs(input_ids, inputs_embeds), None, key_padding_mask, caches)[0]
 
     def forward(
         self,
@@ -178,7 +126,7 @@ class Thinker(nn.Module):
         key_padding_mask: (B, T_k) bool, True = real token (T_k = cached + new tokens when caches are given).
         caches: per-layer KV caches from `make_caches`; the T positions continue after what they hold.
         """
-        h, aux = self._backbone(self._inputs(input_ids, inputs_embeds), key_padding_mask, caches)
+        h, aux = self.run_blocks(self._inputs(input_ids, inputs_embeds), None, key_padding_mask, caches)
         logits = self.lm_head(h)
         if targets is None:
             return logits, None
@@ -218,7 +166,7 @@ class Thinker(nn.Module):
         finished = torch.zeros(B, dtype=torch.bool, device=x.device)
         tokens = []
         for _ in range(max_new_tokens):
-            h, _ = self._backbone(x, None, caches)
+            h, _ = self.run_blocks(x, None, None, caches)
             next_token = sample_next_token(
                 self.lm_head(h[:, -1]), temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
             )

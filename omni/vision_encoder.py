@@ -6,11 +6,11 @@ Design choices
 - A learned CLS token and learned absolute position embeddings (one per patch + CLS), as in ViT/CLIP: the grid is
   fixed by image_size, so the image size is part of the model and a different size is an error, not an
   interpolation. No rotary embeddings inside the blocks (rope=None).
-- The blocks are the shared pre-norm `omni.layers.Block` with causal=False (every patch sees every patch), QK-norm
-  and SwiGLU; a final RMSNorm normalises both outputs. The CLS output is the image summary (contrastive /
+- The blocks are the shared `omni.layers.Transformer` trunk with causal=False (every patch sees every patch),
+  QK-norm and SwiGLU; its final RMSNorm normalises both outputs. The CLS output is the image summary (contrastive /
   classification); the patch tokens are what Stage E projects into the Thinker.
-- Init: normal(0, 0.02) for linear/embedding weights, CLS and positions (ViT/CLIP), output projections scaled by
-  1/sqrt(2 n_layers) like the Thinker.
+- Init: the trunk's (`Transformer.init_weights`: normal(0, 0.02) for linear weights, output projections scaled by
+  1/sqrt(2 n_layers)), then normal(0, 0.02) for CLS and positions (ViT/CLIP); the patch conv keeps its default.
 
 References: Dosovitskiy et al. 2021 (ViT); Radford et al. 2021 (CLIP).
 
@@ -19,14 +19,12 @@ Shape legend: B batch, C channels, S image side, P patch side, N patches = (S/P)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from omni.layers import Block, RMSNorm
+from omni.layers import Transformer
 
 
 @dataclass
@@ -76,7 +74,7 @@ class PatchEmbedding(nn.Module):
         return self.proj(images).flatten(2).transpose(1, 2)
 
 
-class VisionEncoder(nn.Module):
+class VisionEncoder(Transformer):
     """ViT: patch embedding + CLS + learned positions -> non-causal blocks -> RMSNorm."""
 
     def __init__(self, cfg: VisionConfig):
@@ -86,26 +84,13 @@ class VisionEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.n_patches + 1, cfg.d_model))
         self.dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(
-            Block(d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, d_ff=cfg.d_ff, causal=False,
-                  qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps, dropout=cfg.dropout)
-            for _ in range(cfg.n_layers)
-        )
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.gradient_checkpointing = False
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        out_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=out_std if name.endswith(("o_proj", "down_proj")) else 0.02)
+        # Learned positions, so no rotary table (rotary_len=None).
+        self.build_trunk(n_layers=cfg.n_layers, d_model=cfg.d_model, norm_eps=cfg.norm_eps, n_heads=cfg.n_heads,
+                         n_kv_heads=cfg.n_kv_heads, d_ff=cfg.d_ff, causal=False, qk_norm=cfg.qk_norm,
+                         dropout=cfg.dropout)
+        self.init_weights()
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.02)
-
-    def set_gradient_checkpointing(self, enabled: bool) -> None:
-        """Recompute each block's activations in the backward pass (training only) to save memory."""
-        self.gradient_checkpointing = enabled
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, C, S, S), normalised as by `omni.data.images.image_to_tensor`
@@ -115,9 +100,5 @@ class VisionEncoder(nn.Module):
             raise ValueError(f"VisionEncoder expects images of shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
         x = self.patch_embed(images)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1) + self.pos_embed
-        x = self.dropout(x)
-        use_checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for layer in self.layers:
-            x = checkpoint(layer, x, use_reentrant=False)[0] if use_checkpoint else layer(x)[0]
-        x = self.norm(x)
+        x = self.run_blocks(self.dropout(x))[0]
         return x[:, 0], x[:, 1:]

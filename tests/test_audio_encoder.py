@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from omni.audio import encoder_frames
-from omni.audio_encoder import AsrModel, AudioEncoder, AudioEncoderConfig, ctc_loss
+from omni.audio_encoder import AsrModel, AudioEncoder, AudioEncoderConfig
+from omni.ctc import ctc_loss
 
 
 def _config(**overrides):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from omni.ctc import CharVocab, ctc_greedy_decode
+from omni.ctc import CharVocab, ctc_transcripts
 from omni.data.images import OcrSource, line_to_tensor
 from omni.ocr import OcrConfig, OcrModel
 from omni.synthetic.ocr_lines import find_fonts, render_line
@@ -104,5 +104,5 @@ def test_ctc_overfits_two_lines():
     assert losses[-1] < 0.1 * losses[0]
     model.eval()
     log_probs, _ = model(batch, widths)
-    decoded = [vocab.decode(ids) for ids in ctc_greedy_decode(log_probs, model.output_lengths(widths))]
+    decoded = ctc_transcripts(log_probs, model.output_lengths(widths), vocab)
     assert decoded == texts
