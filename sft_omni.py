@@ -19,15 +19,17 @@ init_from chain) plus the projectors, named "<component>.<parameter>", "config":
 "tokenizer": the tokenizer file copied beside it, "stage_weights": the stage files the rest comes from}.
 """
 
+import hashlib
 from pathlib import Path
 
 import torch
 
 from omni.audio_encoder import AudioEncoderConfig
+from omni.chat import IGNORE_INDEX
 from omni.config import from_dict, load_config, to_dict
 from omni.data.resumable import BadSample, ResumableDataset, require_usable
 from omni.data.sft import SftSource, read_sft_manifest
-from omni.omni_model import IGNORE_INDEX, OmniModel, greedy_exact_match
+from omni.omni_model import OmniModel, greedy_exact_match
 from omni.stages import SftStage
 from omni.thinker import ThinkerConfig
 from omni.tokenizer import AUDIO, IM_END, IM_START, IMAGE, TOKENIZER_FILE, Tokenizer
@@ -75,8 +77,16 @@ try:
 except RuntimeError as e:
     raise SystemExit(f"stage weights do not fit their configs ({cfg.thinker_ckpt}, {cfg.audio_ckpt}, "
                      f"{cfg.vision_ckpt}): {e}") from None
-# What the stages gave, to tell which parameters Stage E changed when writing omni_final.pt.
-stage_state = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def tensor_digest(p: torch.Tensor) -> bytes:
+    """sha256 of a tensor's bytes: equal digests mean bitwise equal values."""
+    return hashlib.sha256(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).digest()
+
+
+# What the stages gave, to tell which parameters Stage E changed when writing omni_final.pt (a frozen tensor can
+# still differ, loaded from init_from): 32 bytes per tensor, not a copy of the model held for the whole run.
+stage_digests = {n: tensor_digest(p) for n, p in model.named_parameters()}
 del thinker_file, audio_file, vision_file
 new_rows = [tokenizer.token_id(t) for t in (IM_START, IM_END, IMAGE, AUDIO)]
 model.set_trainable(thinker=not cfg.freeze_thinker, audio_encoder=not cfg.freeze_audio_encoder,
@@ -187,7 +197,7 @@ for batch in run.batches(train_set):
 # ---- save: what Stage E changed, keyed by component, plus what it takes to rebuild the model
 raw = run.raw_model
 changed = {n: p.detach() for n, p in raw.named_parameters()
-           if p.requires_grad or "_projector." in n or not torch.equal(p.detach().cpu(), stage_state[n])}
+           if p.requires_grad or "_projector." in n or tensor_digest(p) != stage_digests[n]}
 configs = {"omni": to_dict(cfg.model), "thinker": to_dict(thinker_cfg)}
 for name in ("audio_encoder", "vision_encoder", "audio_projector", "vision_projector"):
     module = getattr(raw, name)

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from omni.atomic import atomic_write_text
 from omni.audio import spec_augment
-from omni.audio_encoder import AsrModel, AudioEncoder, ctc_loss
+from omni.audio_encoder import AsrModel, AudioEncoder
 from omni.config import load_config, to_dict
-from omni.ctc import CharVocab, ctc_greedy_decode
+from omni.ctc import CharVocab, ctc_loss, ctc_transcripts
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.data.speech import AsrSource, load_asr_records, normalize_transcript
 from omni.metrics import char_error_counts, word_error_counts
@@ -92,7 +92,7 @@ def evaluate() -> dict:
             log_probs, _ = run.raw_model(batch["mel"], batch["mel_lengths"])
         frames = run.raw_model.output_lengths(batch["mel_lengths"])
         loss = ctc_loss(log_probs, frames, batch["labels"], batch["label_lengths"])
-        hypotheses = [vocab.decode(ids) for ids in ctc_greedy_decode(log_probs, frames)]
+        hypotheses = ctc_transcripts(log_probs, frames, vocab)
         for hyp, ref in zip(hypotheses, batch["texts"]):
             (we, wn), (ce, cn) = word_error_counts(hyp, ref), char_error_counts(hyp, ref)
             word_edits, words, char_edits, chars = word_edits + we, words + wn, char_edits + ce, chars + cn

@@ -16,7 +16,7 @@ import json
 
 from omni.atomic import atomic_write_text
 from omni.config import load_config, to_dict
-from omni.ctc import CharVocab, ctc_greedy_decode
+from omni.ctc import CharVocab, ctc_transcripts
 from omni.data.images import OcrSource, read_ocr_manifest
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.metrics import char_error_counts
@@ -71,7 +71,7 @@ def evaluate() -> dict:
         with run.autocast():
             log_probs, loss = run.raw_model(batch["images"], batch["widths"], batch["labels"], batch["label_lengths"])
         frames = run.raw_model.output_lengths(batch["widths"])
-        hypotheses = [vocab.decode(ids) for ids in ctc_greedy_decode(log_probs, frames)]
+        hypotheses = ctc_transcripts(log_probs, frames, vocab)
         for hyp, ref in zip(hypotheses, batch["texts"]):
             e, n = char_error_counts(hyp, ref)
             edits, chars, exact = edits + e, chars + n, exact + (hyp == ref)

@@ -22,6 +22,7 @@ Codec training clips longer than codec.data.crop_frames get a random crop, drawn
 checkpointed global RNG, so resuming stays exact.
 """
 
+import sys
 from pathlib import Path
 
 import torch
@@ -85,6 +86,8 @@ def train_codec(c) -> None:
             run.maybe_evaluate(evaluate)
             run.maybe_checkpoint()
 
+    if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning the same command resumes
+        sys.exit(0)
     metrics = run.finish(evaluate, final_weights={
         CODEC_FILE: {"model": run.raw_model.state_dict(), "config": to_dict(c.model)},
     })
@@ -187,6 +190,9 @@ def train_talker(t, codec_dir) -> None:
             run.log(loss=loss, acc=correct / counted)
             run.maybe_evaluate(evaluate)
             run.maybe_checkpoint()
+
+    if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning the same command resumes
+        sys.exit(0)
 
     # ---- save
     metrics = run.finish(evaluate, final_weights={

@@ -6,6 +6,8 @@ Rerunning the same command resumes from the newest checkpoint in train.save_dir.
 perplexity over every token of data.val_path. Final weights: <save_dir>/thinker.pt (+ tokenizer.model beside it).
 """
 
+import sys
+
 import torch
 
 from omni.config import load_config, to_dict
@@ -86,6 +88,9 @@ for batch in run.batches(train_set):
         run.log(loss=loss)
         run.maybe_evaluate(evaluate)
         run.maybe_checkpoint()
+
+if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning the same command resumes
+    sys.exit(0)
 
 # ---- save
 metrics = run.finish(evaluate, final_weights={

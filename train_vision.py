@@ -15,6 +15,7 @@ ContrastiveConfig (the ViT's is config["vision"]), "labels": class names (classi
 copied beside it (contrastive), "thinker": the Thinker checkpoint the text side needs (use_thinker_for_text)}.
 """
 
+import sys
 from pathlib import Path
 
 import torch
@@ -154,6 +155,9 @@ for batch in run.batches(train_set):
         run.log(loss=loss, batch_acc=out.accuracy, **extra)
         run.maybe_evaluate(evaluate)
         run.maybe_checkpoint()
+
+if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning the same command resumes
+    sys.exit(0)
 
 # ---- save
 weights = {k: v for k, v in run.raw_model.state_dict().items() if not k.startswith("thinker.")}

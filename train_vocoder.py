@@ -20,6 +20,8 @@ synchronise their gradients. Rerunning the same command resumes. Final weights: 
 stay in the step checkpoints).
 """
 
+import sys
+
 from omni.config import load_config, to_dict
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.data.speech import load_asr_records
@@ -92,6 +94,9 @@ for batch in run.batches(train_set):
         run.log(g_loss=g_loss, **g_parts, **({"d_loss": d_loss, **d_parts} if adversarial else {}))
         run.maybe_evaluate(evaluate)
         run.maybe_checkpoint()
+
+if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning the same command resumes
+    sys.exit(0)
 
 # ---- save: the generator only; the discriminators and optimizers stay in the step checkpoints
 metrics = run.finish(evaluate, final_weights={

@@ -100,6 +100,8 @@ def train(save_dir, *, max_steps=12, crash_at=None, freeze=(), trainable_only=Fa
             run.maybe_checkpoint()
             if run.step == crash_at:
                 raise Crash
+    if run.stopped:  # SIGTERM / Ctrl-C: checkpointed, the script ends here (as the stage scripts do)
+        return run
     run.finish(evaluate, final_weights={"toy.pt": {"model": run.raw_model.state_dict()}})
     return run
 
@@ -237,11 +239,15 @@ class SigtermAfter(list):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(tmp_path):
-    with pytest.raises(SystemExit) as e:
-        train(tmp_path, seen=SigtermAfter(5))
-    assert e.value.code == 0
+def test_sigterm_finishes_the_step_checkpoints_and_stops_the_loop(tmp_path):
+    """The loop ends normally (no SystemExit from the library: the stage script ends with status 0, see
+    test_train_text.py and test_loop_faults.py); finish() refuses to run on a stopped run."""
+    stopped = train(tmp_path, seen=SigtermAfter(5))
+    assert stopped.stopped and stopped.step == 5
     assert (tmp_path / "toy_step_5.pt").exists()
+    assert not (tmp_path / "toy.pt").exists() and not (tmp_path / "summary.json").exists()
+    with pytest.raises(RuntimeError, match="run.stopped"):
+        stopped.finish(lambda: {"val_mse": 0.0}, final_weights={})
     assert "SIGTERM received" in (tmp_path / "training.log").read_text()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
     assert train(tmp_path).step == 12
@@ -272,9 +278,9 @@ def test_second_process_on_the_same_run_dir_is_refused(tmp_path):
 
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from omni.training.run import _lock_run_dir
+        from omni.training.run_dir import lock
         from pathlib import Path
-        lock = _lock_run_dir(Path({str(tmp_path)!r}))
+        held = lock(Path({str(tmp_path)!r}))
         print("locked", flush=True)
         time.sleep(600)  # killed by the test; long, so that no machine is slow enough to outlive it
     """)], cwd=REPO, stdout=subprocess.PIPE, text=True)

@@ -34,8 +34,8 @@ from omni.audio import (
 from omni.data import fingerprint
 from omni.data.resumable import BadSample
 from omni.data.speech import AsrSource, load_log_mel, load_waveform
-from omni.training.checkpoint import atomic_save
-from omni.training.checkpoint import load as load_file
+from omni.torch_io import load as load_file
+from omni.torch_io import save as atomic_save
 
 SILENCE_LOG_MEL = math.log(LOG_MEL_FLOOR)  # LogMel of digital silence: the pad value that matches zero samples
 

@@ -1,13 +1,13 @@
-"""Checkpoint files: atomic writes, safe loads, discovery with fallback, keep-last-K, RNG and optimizer state.
+"""Training checkpoint files: their keys, discovery with fallback, fit to a model, keep-last-K, RNG and optimizer
+state.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so `torch.load(weights_only=True)` can
-read it without unpickling arbitrary objects. Writes go to a temporary file in the same folder, are fsynced and then
-renamed over the target, so a crash at any moment leaves the previous file intact.
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, written and read through omni.torch_io
+(atomic writes, `torch.load(weights_only=True)`), so a crash at any moment leaves the previous file intact.
 """
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import random
 import re
 from pathlib import Path
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omni.atomic import atomic_file
-from omni.errors import UserError
+from omni import torch_io
+from omni.torch_io import CheckpointNotFound, UnreadableCheckpoint, load, write_error  # noqa: F401 (re-exported)
 from omni.training import faults
 
 # Keys of a training checkpoint.
@@ -40,69 +40,11 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / torch.
 STEP_FILE = re.compile(r"^(?P<name>.+)_step_(?P<step>\d+)\.pt$")
 
 
-class CheckpointNotFound(UserError, FileNotFoundError):
-    """A checkpoint file the user named does not exist."""
-
-
-class UnreadableCheckpoint(UserError, RuntimeError):
-    """A checkpoint file that torch.load can't read (torn, garbage, empty, not a checkpoint), or one that loads but
-    does not fit the model; the message names the file."""
-
-
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save through omni.atomic: readers see the old or the new file, never a torn one.
-
-    A failed write (full disk, file size limit, I/O error) raises OSError, whatever layer it failed in."""
-    with atomic_file(path) as f:
-        try:
-            torch.save(obj, f)
-        except RuntimeError as e:
-            cause = _os_error_behind(e)
-            if cause is None:
-                raise
-            raise cause from e
-        if isinstance(obj, dict) and STEP in obj:
-            faults.point("checkpoint")  # no-op unless OMNI_FAULT=checkpoint@n (crash tests)
-
-
-def _os_error_behind(e: RuntimeError) -> OSError | None:
-    """The OSError behind a failed torch.save, or None when `e` is not a write failure.
-
-    torch's zip writer turns a failed write into `RuntimeError: [enforce fail at inline_container.cc...]`: on a Python
-    file object the OSError the file raised is its __context__; when torch writes the file itself there is none,
-    only "PytorchStreamWriter failed writing file ...", and the cause is not known."""
-    seen = e
-    while seen is not None:
-        if isinstance(seen, OSError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    if "inline_container.cc" in str(e) or "PytorchStreamWriter" in str(e):
-        return OSError(errno.EIO, f"torch could not write the file ({e})")
-    return None
-
-
-def write_error(path: str | Path, e: OSError) -> str:
-    """Why writing `path` failed, in words: a full disk and a read-only folder are the usual causes."""
-    path = Path(path)
-    if e.errno == errno.ENOSPC:
-        return f"could not write {path}: the disk is full (no space left on device); free space and rerun"
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"could not write {path}: permission denied, {path.parent} is not writable ({e.strerror})"
-    if e.errno == errno.EFBIG:
-        return (f"could not write {path}: the file exceeds the file size limit of the file system or of this process "
-                f"(ulimit -f)")
-    return f"could not write {path} ({type(e).__name__}: {e})"
-
-
-def load(path: str | Path, map_location="cpu") -> dict:
-    """Safe load (no arbitrary unpickling). Raises with the path named when the file is missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointNotFound(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise UnreadableCheckpoint(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from e
+    """omni.torch_io.save; a training checkpoint (a dict with STEP) passes the crash tests' "checkpoint" fault point
+    with its temporary file written and not yet renamed."""
+    is_checkpoint = isinstance(obj, dict) and STEP in obj
+    torch_io.save(obj, path, before_rename=(lambda: faults.point("checkpoint")) if is_checkpoint else None)
 
 
 def misfit(model: torch.nn.Module, weights: dict, *, partial: bool = False) -> str | None:
@@ -117,15 +59,15 @@ def misfit(model: torch.nn.Module, weights: dict, *, partial: bool = False) -> s
               for k, v in weights.items() if k in expected and getattr(v, "shape", None) != expected[k].shape]
     problems = []
     if lacking:
-        problems.append(f"{len(lacking)} tensor(s) of the model missing: {_short(lacking)}")
+        problems.append(f"{len(lacking)} tensor(s) of the model missing: {short_list(lacking)}")
     if extra:
-        problems.append(f"{len(extra)} tensor(s) the model lacks: {_short(extra)}")
+        problems.append(f"{len(extra)} tensor(s) the model lacks: {short_list(extra)}")
         wrapped = sorted({p for k in extra for p in WRAPPER_PREFIXES if k.startswith(p)})
         if wrapped:
             problems[-1] += (f" (the {'/'.join(repr(p) for p in wrapped)} prefix: saved from a DDP or torch.compile "
                              "wrapper instead of the plain model)")
     if shapes:
-        problems.append(f"{len(shapes)} wrong shape(s): {_short(shapes, 4)}")
+        problems.append(f"{len(shapes)} wrong shape(s): {short_list(shapes, 4)}")
     return "; ".join(problems) or None
 
 
@@ -148,7 +90,7 @@ def nonfinite_tensors(weights: dict) -> list[str]:
     return [k for k, v in floats.items() if not torch.isfinite(v).all()]
 
 
-def _short(names: list[str], n: int = 8) -> str:
+def short_list(names: list[str], n: int = 8) -> str:
     return ", ".join(names[:n]) + (f" (+{len(names) - n} more)" if len(names) > n else "")
 
 
@@ -201,6 +143,16 @@ def capture_rng() -> dict:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+@contextlib.contextmanager
+def forked_rng(device: torch.device):
+    """Python, numpy, torch CPU (and this CUDA device's) generators are back where they were after the block."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
+    random.setstate(py_state)
+    np.random.set_state(np_state)
 
 
 def restore_rng(state: dict) -> None:

@@ -11,7 +11,31 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
+
+
+def fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+class MetricWindow:
+    """Per-step training metrics summed on the device since the last log line: no host sync until `average`."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, values: dict) -> None:
+        for k, v in values.items():
+            v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
+            self.sums[k] = self.sums.get(k, 0) + v
+
+    def average(self) -> dict[str, float]:
+        """The mean over the `steps` counted since the last call (one host sync per metric), then start again."""
+        values = {k: (v / self.steps).item() for k, v in self.sums.items()}
+        self.sums, self.steps = {}, 0
+        return values
 
 
 class RunLogger:

@@ -27,6 +27,17 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, max_st
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def accumulation_steps(train, world_size: int) -> int:
+    """Micro-batches per optimizer step: train.grad_accum_steps, or what train.effective_batch needs."""
+    if train.effective_batch is None:
+        return train.grad_accum_steps
+    per_step = train.batch_size * world_size
+    if train.effective_batch % per_step:
+        raise ValueError(f"train.effective_batch={train.effective_batch} is not a multiple of batch_size x world_size "
+                         f"= {train.batch_size} x {world_size}")
+    return train.effective_batch // per_step
+
+
 def adamw(params_or_model, *, lr: float, weight_decay: float, betas=(0.9, 0.95), fused: bool | None = None):
     """AdamW with decay on matrices only: norms, biases and 1-D parameters are not decayed.
 
