@@ -20,6 +20,7 @@ init_from chain) plus the projectors, named "<component>.<parameter>", "config":
 """
 
 import hashlib
+import sys
 from pathlib import Path
 
 import torch
@@ -193,6 +194,9 @@ for batch in run.batches(train_set):
         run.log(loss=loss)
         run.maybe_evaluate(evaluate)
         run.maybe_checkpoint()
+
+if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning the same command resumes
+    sys.exit(0)
 
 # ---- save: what Stage E changed, keyed by component, plus what it takes to rebuild the model
 raw = run.raw_model
