@@ -21,6 +21,7 @@ Rerunning the same command resumes from the newest checkpoint in train.save_dir.
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from omni.atomic import atomic_write_text
@@ -123,6 +124,9 @@ for batch in run.batches(train_set):
         run.log(loss=loss, padding=1 - mel_lengths.sum() / mel_lengths.new_tensor(mel.shape[0] * mel.shape[1]))
         run.maybe_evaluate(evaluate)
         run.maybe_checkpoint()
+
+if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning the same command resumes
+    sys.exit(0)
 
 # ---- save
 metrics = run.finish(evaluate, final_weights={

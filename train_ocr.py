@@ -13,6 +13,7 @@ Rerunning the same command resumes from the newest checkpoint in train.save_dir.
 """
 
 import json
+import sys
 
 from omni.atomic import atomic_write_text
 from omni.config import load_config, to_dict
@@ -93,6 +94,9 @@ for batch in run.batches(train_set):
         run.log(loss=loss)
         run.maybe_evaluate(evaluate)
         run.maybe_checkpoint()
+
+if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning the same command resumes
+    sys.exit(0)
 
 # ---- save
 metrics = run.finish(evaluate, final_weights={
