@@ -32,7 +32,7 @@ import omni
 from omni.audio import SAMPLE_RATE, AudioError, LogMel, load_audio
 from omni.components import SFT_WEIGHTS_FILE, ExportError, find_weights
 from omni.config import from_dict
-from omni.ctc import CharVocab, ctc_greedy_decode
+from omni.ctc import CharVocab, ctc_transcripts
 from omni.data.images import image_to_tensor, line_to_tensor, load_image
 from omni.data.speech import normalize_transcript
 from omni.metrics import char_error_counts
@@ -201,7 +201,7 @@ try:
         widths = torch.tensor([line.shape[-1]], device=device)
         with torch.no_grad():
             log_probs, _ = ocr(line, widths)
-        ocr_text = CharVocab.from_list(ocr_vocab).decode(ctc_greedy_decode(log_probs, ocr.output_lengths(widths))[0])
+        ocr_text = ctc_transcripts(log_probs, ocr.output_lengths(widths), CharVocab.from_list(ocr_vocab))[0]
         log(f"ocr: {ocr_text!r}")
         prefix += f'Text in the image: "{ocr_text}". '
 except (AudioError, FileNotFoundError, ValueError) as e:

@@ -32,7 +32,7 @@ import torch
 
 from omni.audio import MIN_SAMPLES, SAMPLE_RATE, LogMel
 from omni.components import COMPONENTS, build_model, load_state, read_stage_weights
-from omni.ctc import CharVocab, ctc_greedy_decode
+from omni.ctc import CharVocab, ctc_transcripts
 from omni.data.speech import load_asr_records, normalize_transcript
 from omni.data.tts import talker_text_ids
 from omni.metrics import char_error_counts, word_error_counts
@@ -158,9 +158,9 @@ class Transcriber:
         for row, m in enumerate(mels):
             batch[row, : m.shape[0]] = m
         log_probs, _ = self.model(batch.to(self.device), lengths.to(self.device))
-        decoded = ctc_greedy_decode(log_probs, self.model.output_lengths(lengths.to(self.device)))
-        for i, ids in zip(usable, decoded):
-            out[i] = self.vocab.decode(ids)
+        texts = ctc_transcripts(log_probs, self.model.output_lengths(lengths.to(self.device)), self.vocab)
+        for i, text in zip(usable, texts):
+            out[i] = text
         return out
 
 
