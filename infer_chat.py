@@ -13,9 +13,9 @@
 
 The model is the Stage-E (SFT) Thinker with its projectors: omni_final.pt laid over the stage weights it names
 (thinker_ckpt / audio_ckpt / vision_ckpt, overridable here), or the merged export. Prompts are built as SFT built
-them: the chat template of `Tokenizer.encode_chat` with "<image> " / "<audio> " before the question, the
-placeholders expanded to the encoders' token counts (`expand_placeholders`), images through `image_to_tensor`,
-audio through `load_audio` (any rate -> 16 kHz) + `LogMel`. Generation uses the Thinker's KV cache and stops at
+them: omni.chat's `ChatEncoder.encode_prompt` (the chat template with "<image> " / "<audio> " before the first
+question, the placeholders expanded to the encoders' token counts), images through `image_to_tensor`, audio
+through `load_audio` (any rate -> 16 kHz) + `LogMel`. Generation uses the Thinker's KV cache and stops at
 <|im_end|>; --temperature 0 is greedy. --ocr runs the OCR model on a text-line image and puts its reading into the
 question (`Text in the image: "..."`). The answer goes to stdout; with --speak also `speech: ...` lines (the WAV
 written and, when an ASR model is at hand, its transcript and CER). Logs go to stderr.
@@ -30,13 +30,14 @@ import torch
 
 import omni
 from omni.audio import SAMPLE_RATE, AudioError, LogMel, load_audio
+from omni.chat import ChatEncoder, media_prefix
 from omni.components import SFT_WEIGHTS_FILE, ExportError, find_weights
 from omni.config import from_dict
 from omni.ctc import CharVocab, ctc_transcripts
 from omni.data.images import image_to_tensor, line_to_tensor, load_image
 from omni.data.speech import normalize_transcript
 from omni.metrics import char_error_counts
-from omni.omni_model import OmniConfig, OmniModel, expand_placeholders
+from omni.omni_model import OmniConfig, OmniModel
 from omni.speech import SpeechSynthesizer, Transcriber, Vocoder, load_component
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer
 from omni.training import checkpoint as ckpt
@@ -186,16 +187,14 @@ log(f"model: {'export ' + args.model_dir if args.model_dir else args.omni_ckpt} 
 
 # ---- media: preprocessed once, as SFT preprocesses them
 images = mel = mel_lengths = None
-prefix = ""
+prefix = media_prefix(image=bool(args.image), audio=bool(args.audio))
 try:
     if args.image:
         images = image_to_tensor(load_image(args.image), model.vision_encoder.cfg.image_size)[None].to(device)
-        prefix += "<image> "
     if args.audio:
         n_mels = model.audio_encoder.encoder.cfg.n_mels
         mel = LogMel(n_mels)(load_audio(args.audio))[None].to(device)
         mel_lengths = torch.tensor([mel.shape[1]], device=device)
-        prefix += "<audio> "
     if args.ocr:
         line = line_to_tensor(load_image(args.ocr), ocr.cfg.height, ocr_max_width)[None].to(device)
         widths = torch.tensor([line.shape[-1]], device=device)
@@ -206,15 +205,17 @@ try:
         prefix += f'Text in the image: "{ocr_text}". '
 except (AudioError, FileNotFoundError, ValueError) as e:
     fail(str(e))
-audio_tokens = [OmniModel.audio_token_count(mel.shape[1])] if mel is not None else []
+chat = ChatEncoder(tokenizer, image_tokens=model.image_token_count if model.vision_encoder is not None else 0)
 generator = torch.Generator(device).manual_seed(args.seed)
 
 
 def answer(messages: list[dict]) -> str:
     """Generate the assistant's next turn; the media go with the first user turn (where their placeholders are)."""
-    ids, mask = tokenizer.encode_chat(messages, add_generation_prompt=True)
-    ids, _ = expand_placeholders(ids, mask, image_tokens=model.image_token_count if images is not None else 0,
-                                 audio_tokens=audio_tokens)
+    # Unchecked placeholders: the question goes in as typed, as before (an "<image>" without --image expands to
+    # nothing; one too many is an error when the features are spliced in).
+    ids, _ = chat.encode_prompt(messages, images[0] if images is not None else None,
+                                mel[0] if mel is not None else None, add_generation_prompt=True,
+                                check_placeholders=False)
     budget = min(args.max_new_tokens, model.thinker.cfg.max_seq_len - len(ids))
     if budget < 1:
         raise ValueError(f"the prompt has {len(ids)} tokens, the Thinker's max_seq_len is "

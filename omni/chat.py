@@ -39,6 +39,12 @@ IGNORE_INDEX = -100  # target of positions without loss (F.cross_entropy's defau
 MEDIA = (("image", IMAGE_TOKEN_ID), ("audio", AUDIO_TOKEN_ID))
 
 
+def media_prefix(*, image: bool = False, audio: bool = False) -> str:
+    """What opens the first user turn of a conversation with media, as the SFT data writes it: "<image> " and/or
+    "<audio> " before the question."""
+    return (f"{IMAGE} " if image else "") + (f"{AUDIO} " if audio else "")
+
+
 def image_token_count(mode: str, *, image_size: int, patch_size: int, pool: int) -> int:
     """Thinker tokens per image: mode "cls" = 1, "pooled" = the patch grid average-pooled over pool x pool
     windows, "patches" = every patch (OmniConfig.image_tokens / image_pool, VisionConfig.image_size / patch_size)."""
