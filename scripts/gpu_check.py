@@ -81,12 +81,14 @@ DRY_STAGE_OVERRIDES = {
 }
 TEXT_VOCAB = 768  # the synthetic corpus's tokenizer size (as configs/demo/thinker.json): 8000 pieces do not fit it
 # Stage A run for the training checks: configs/thinker_tiny.json with these changes (+ the dry-mode ones).
-TRAIN_OVERRIDES = [f"model.vocab_size={TEXT_VOCAB}", "train.warmup_steps=20", "train.lr=1e-3", "train.log_freq=10",
+# log_freq=1: every step's loss is compared. A logged value averages the steps since the last log, and that window
+# is not checkpointed, so a resume from an epoch-end checkpoint between two logs would shift one average.
+TRAIN_OVERRIDES = [f"model.vocab_size={TEXT_VOCAB}", "train.warmup_steps=20", "train.lr=1e-3", "train.log_freq=1",
                    "train.keep_last=2", "data.sample_tokens=8"]
 DRY_TRAIN_OVERRIDES = ["model.vocab_size=400", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
                        "model.n_kv_heads=1", "model.d_ff=64", "model.max_seq_len=64", "data.seq_len=32",
                        "train.batch_size=8", "train.precision=fp32", "train.num_workers=0", "train.lr=3e-3",
-                       "train.warmup_steps=2", "train.log_freq=2", "train.threads=1", "data.val_batch_size=16",
+                       "train.warmup_steps=2", "train.threads=1", "data.val_batch_size=16",
                        "data.sample_tokens=4"]
 
 
@@ -234,7 +236,8 @@ class StageA:
                 "--set", f"train.save_dir={save_dir}", *self.base, *self.overrides, *extra]
 
     def run(self, save_dir: Path, *extra: str, env: dict | None = None, launcher: list[str] | None = None,
-            expect_kill: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+            expect_kill: bool = False) -> subprocess.CompletedProcess:
+        timeout = 120 if self.dry else 240  # a hung run fails its check, leaving time for the others
         proc = subprocess.run(self.command(save_dir, *extra, launcher=launcher), cwd=REPO, capture_output=True,
                               text=True, timeout=timeout, env={**os.environ, **(env or {})})
         (save_dir.parent / f"{save_dir.name}.stderr.log").write_text(proc.stderr)
