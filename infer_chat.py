@@ -35,10 +35,10 @@ from omni.components import SFT_WEIGHTS_FILE, ExportError, find_weights
 from omni.config import from_dict
 from omni.ctc import CharVocab, ctc_transcripts
 from omni.data.images import image_to_tensor, line_to_tensor, load_image
-from omni.data.speech import normalize_transcript
 from omni.metrics import char_error_counts
 from omni.omni_model import OmniConfig, OmniModel
 from omni.speech import SpeechSynthesizer, Transcriber, Vocoder, load_component
+from omni.text_frontend import normalize_transcript
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer
 from omni.training import checkpoint as ckpt
 

@@ -5,7 +5,8 @@ model, report the CER.
     synth = SpeechSynthesizer.from_checkpoints("checkpoints/talker_tiny", vocoder="checkpoints/vocoder_tiny")
     wav = synth.synthesize("a red circle")             # FloatTensor (N,) at omni.audio.SAMPLE_RATE
     python -m omni.speech --talker checkpoints/demo/talker --vocoder checkpoints/demo/vocoder \
-        --asr checkpoints/demo/audio_enc --manifest data/speech/val.jsonl --n 50 [--phrases] [--json out.json]
+        --asr checkpoints/demo/audio_enc --manifest data/speech/val.jsonl --n 50 \
+        [--phrases data/speech/train.jsonl] [--json out.json]
 
 Design choices
 - Weights are the stages' final files (`talker.pt` with the `rvq_codec.pt` and `tokenizer.model` beside it,
@@ -15,10 +16,11 @@ Design choices
   unfinished vocoder run never yields a randomly initialised generator: only the final weights file counts.
 - Decoding is greedy by default (deterministic, so the CER is reproducible); the Talker may stop early (END) or
   run to a length cap of `max_seconds_per_char` per input character, which bounds an untrained model's babble.
-- The CER compares normalised transcripts (omni.data.speech.normalize_transcript) summed over the corpus.
-- `--phrases` scores the one-word answers too (omni.synthetic.speech.PHRASES: "black", "top left", ...), apart from
-  the sentences: Stage E answers are mostly such words, and a Talker that reads sentences well can still babble
-  on a single word. The phrases are training texts of the synthetic sets, so that CER is not a held-out figure.
+- The CER compares normalised transcripts (omni.text_frontend.normalize_transcript) summed over the corpus.
+- `--phrases MANIFEST` scores the one-word answers too (the records marked "phrase": true, e.g. in the synthetic
+  speech sets' train.jsonl: "black", "top left", ...), apart from the sentences: Stage E answers are mostly such
+  words, and a Talker that reads sentences well can still babble on a single word. The phrases are training texts
+  of the synthetic sets, so that CER is not a held-out figure.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ import torch
 from omni.audio import MIN_SAMPLES, SAMPLE_RATE, LogMel
 from omni.components import COMPONENTS, build_model, load_state, read_stage_weights
 from omni.ctc import CharVocab, ctc_transcripts
-from omni.data.speech import load_asr_records, normalize_transcript
-from omni.data.tts import talker_text_ids
+from omni.data.manifest import read_jsonl
+from omni.data.speech import load_asr_records
+from omni.errors import InvalidInput
 from omni.metrics import char_error_counts, word_error_counts
-from omni.synthetic.speech import PHRASES
+from omni.text_frontend import normalize_transcript, talker_text_ids
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer
 from omni.vocoder import griffin_lim
 
@@ -186,6 +189,15 @@ def intelligibility(synth: SpeechSynthesizer, asr: Transcriber, texts: list[str]
             "audio_seconds": audio_s, "synth_seconds": synth_s, "vocoder": synth.vocoder.name, "samples": samples}
 
 
+def manifest_phrases(path: str | Path) -> list[str]:
+    """The texts of the records marked "phrase": true in a JSONL manifest, once each, in manifest order."""
+    phrases = list(dict.fromkeys(r["text"] for r in read_jsonl(path) if r.get("phrase") is True))
+    if not phrases:
+        raise InvalidInput(f"{path}: no record has \"phrase\": true (the synthetic speech sets' train.jsonl lists "
+                           "the one-word answers so)")
+    return phrases
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="TTS -> ASR intelligibility: CER of the Stage-B ASR model on "
                                      "synthesized held-out sentences")
@@ -194,8 +206,9 @@ def main(argv=None) -> None:
     parser.add_argument("--asr", required=True, help="Stage-B run dir or audio_enc.pt")
     parser.add_argument("--manifest", default="data/speech/val.jsonl", help="held-out sentences (their text is used)")
     parser.add_argument("--n", type=int, default=50, help="the first N sentences of the manifest")
-    parser.add_argument("--phrases", action="store_true",
-                        help="also score the one-word answers of omni.synthetic.speech.PHRASES (key 'phrases')")
+    parser.add_argument("--phrases", metavar="MANIFEST", default=None,
+                        help="also score the one-word answers: the texts of this manifest's records marked "
+                             "\"phrase\": true, e.g. data/tts/train.jsonl (key 'phrases')")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)
@@ -208,8 +221,9 @@ def main(argv=None) -> None:
     print(f"tts->asr cer {result['cer']:.4f} wer {result['wer']:.4f} on {result['sentences']} sentences "
           f"({result['vocoder']}; {result['audio_seconds']:.1f} s of audio in {result['synth_seconds']:.1f} s)")
     if args.phrases:
-        result["phrases"] = intelligibility(synth, asr, list(PHRASES))
-        print(f"tts->asr phrases cer {result['phrases']['cer']:.4f} on {len(PHRASES)} one-word answers")
+        phrases = manifest_phrases(args.phrases)
+        result["phrases"] = intelligibility(synth, asr, phrases)
+        print(f"tts->asr phrases cer {result['phrases']['cer']:.4f} on {len(phrases)} one-word answers")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

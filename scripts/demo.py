@@ -199,7 +199,7 @@ def steps() -> list[Step]:
         Step("D TTS>ASR", [PY, "-m", "omni.speech", "--talker", str(save_dir("talker", "talker")),
                            "--asr", str(save_dir("audio_enc")),
                            "--manifest", talker["data"]["val_manifest"], "--n", str(TTS_SENTENCES),
-                           "--phrases", "--threads", "1",
+                           "--phrases", talker["data"]["train_manifest"], "--threads", "1",
                            "--json", str(save_dir("talker", "talker") / "tts_asr.json")],
              ("B audio", "D talker"), tts_rows, {"d", "speech", "tts"}),
         Step("export", export_cmd, ("A text", "B audio", "C vision", "OCR", "D talker", "vocoder", "E sft"),

@@ -11,16 +11,10 @@ import torch
 from omni.audio import SAMPLE_RATE, mel_frames
 from omni.ctc import CharVocab
 from omni.data.resumable import BadSample
-from omni.data.speech import (
-    AsrSource,
-    load_asr_records,
-    normalize_transcript,
-    normalize_transcript_report,
-    read_asr_manifest,
-    read_librispeech,
-    read_ljspeech,
-)
+from omni.data.speech import AsrSource, load_asr_records, read_asr_manifest, read_librispeech, read_ljspeech
+from omni.speech import manifest_phrases
 from omni.synthetic import speech as synth
+from omni.text_frontend import normalize_transcript, normalize_transcript_report
 
 VOCAB = CharVocab.from_texts(["abcdefghijklmnopqrstuvwxyz' "])
 HAS_ESPEAK = shutil.which("espeak-ng") is not None
@@ -78,7 +72,7 @@ def test_asr_source_summarises_what_normalisation_dropped(tmp_path):
 
 def test_talker_text_keeps_digits_symbols_and_all_scripts():
     """The Talker's tokenizer has byte fallback, so its normaliser folds case and spaces and drops nothing."""
-    from omni.data.tts import talker_text
+    from omni.text_frontend import talker_text
 
     assert talker_text("  Room 101,\tПРИВЕТ \U0001F600  ") == "room 101, привет \U0001F600"
 
@@ -262,6 +256,8 @@ def test_phrases_are_spoken_in_training_only_after_unchanged_sentences(tmp_path,
     assert train[:4] == read("plain", "train")  # same sentences, same voices, same files
     assert [r["text"] for r in train[4:]] == ["black", "top left", "black", "top left"]
     assert all(r["phrase"] for r in train[4:]) and not any("phrase" in r for r in train[:4])
+    # What `python -m omni.speech --phrases` scores: PHRASES, once each, in order.
+    assert manifest_phrases(tmp_path / "phrases" / "train.jsonl") == ["black", "top left"]
 
     one_voice = dict(voices=("en-us",), rates=(150,), pitches=(50,))
     stats = synth.write_speech_dataset(tmp_path / "one", seed=3, n_train=4, n_val=2, phrase_repeats=3, **one_voice)

@@ -124,14 +124,17 @@ def test_transcriber_reads_stage_b_weights_and_cer_is_summed_over_the_corpus(tmp
                                     "seconds": pytest.approx(result["samples"][0]["seconds"])}
 
 
-def test_cli_scores_sentences_and_phrases_apart(tmp_path, parts, monkeypatch):
+def test_cli_scores_sentences_and_phrases_apart(tmp_path, parts):
     write_asr(tmp_path)
     manifest = tmp_path / "val.jsonl"
     manifest.write_text("".join(json.dumps({"audio": f"{i}.wav", "text": t}) + "\n"
                                 for i, t in enumerate(["a red circle", "six boxes", "not read"])))
-    monkeypatch.setattr(speech, "PHRASES", ("black", "top left"))
+    train = tmp_path / "train.jsonl"  # as the synthetic sets write it: phrases (repeated) after the sentences
+    train.write_text("".join(json.dumps({"audio": f"{i}.wav", "text": t, **({"phrase": True} if p else {})}) + "\n"
+                             for i, (t, p) in enumerate([("six boxes", False), ("black", True), ("top left", True),
+                                                         ("black", True)])))
     speech.main(["--talker", str(parts[0]), "--asr", str(tmp_path), "--manifest", str(manifest), "--n", "2",
-                 "--phrases", "--json", str(tmp_path / "out.json")])
+                 "--phrases", str(train), "--json", str(tmp_path / "out.json")])
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["sentences"] == 2 and result["phrases"]["sentences"] == 2
     assert [s["text"] for s in result["samples"]] == ["a red circle", "six boxes"]

@@ -1,4 +1,4 @@
-"""ASR data (Stage B): manifest and public-layout readers, transcript normalisation, and `AsrSource`.
+"""ASR data (Stage B): manifest and public-layout readers, the normalisation summary, and `AsrSource`.
 
 Readers return plain records `{"audio": absolute Path, "text": str, "where": "file:line"}` (plus `"duration"` in
 seconds when the layout knows it without opening the audio), so any layout feeds the same source:
@@ -12,15 +12,12 @@ the device in the training step (`omni.audio.spec_augment`), so that the data or
 Unusable items raise `BadSample` naming the file; the training loop skips and counts them. Besides unreadable audio
 that includes a clip that decodes shorter than its manifest `duration` (a cut MP3 / OGG, see `omni.audio.load_audio`),
 a clip longer than the audio encoder's `max_frames` (not cropped: the transcript would no longer match), and a
-transcript that normalisation would strip of most of its content (`normalize_transcript_report`).
+transcript that normalisation would strip of most of its content (omni.text_frontend.normalize_transcript_report).
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import soundfile as sf
@@ -40,48 +37,10 @@ from omni.ctc import CharVocab, min_ctc_frames
 from omni.data.manifest import DataError, check_fields, read_jsonl_lines, read_text_lines, resolve
 from omni.data.resumable import BadSample
 
-# Characters normalisation may remove that carry spoken content, by Unicode major category. Punctuation, spaces and
-# combining accents are meant to go and are not counted.
-CONTENT_KINDS = {"N": "digits", "L": "letters", "S": "symbols"}  # letters: non-Latin ones; symbols: emoji, $, %, ...
+# normalize_transcript is re-exported: `from omni.data.speech import normalize_transcript` keeps working.
+from omni.text_frontend import NormalizedTranscript, normalize_transcript, normalize_transcript_report  # noqa: F401
+
 MAX_LOST_FRACTION = 0.5  # a transcript that loses more of its content characters than this is a bad sample
-
-
-@dataclass(frozen=True)
-class NormalizedTranscript:
-    """What `normalize_transcript_report` made of one transcript."""
-
-    text: str  # the normalised transcript
-    dropped: dict[str, int]  # content characters removed, by kind ("digits", "letters", "symbols")
-    content: int  # content characters (letters, digits, symbols) in the raw transcript, after accent stripping
-
-    @property
-    def lost_fraction(self) -> float:
-        return sum(self.dropped.values()) / self.content if self.content else 0.0
-
-
-def normalize_transcript_report(text: str) -> NormalizedTranscript:
-    """The text the CTC vocabulary covers: lowercase a-z, apostrophe, single spaces; and what it lost.
-
-    Accents are stripped (cafe for café), typographic apostrophes become "'", every other character (punctuation,
-    hyphens, digits) becomes a space, and apostrophes not touching a letter (quotes) are dropped. Digits are not
-    spelled out: corpora we read (LibriSpeech, LJSpeech normalized_text, the synthetic set) already spell numbers;
-    other data may not ("Room 101" -> "room"), so the digits, non-Latin letters and symbols removed are counted
-    (`dropped`) for the readers' summary and the bad-sample check (`AsrSource`).
-    """
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c))
-    text = text.lower().replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
-    kinds = [CONTENT_KINDS.get(unicodedata.category(c)[0]) for c in text]
-    dropped = Counter(k for c, k in zip(text, kinds) if k and not "a" <= c <= "z")
-    content = sum(k is not None for k in kinds)
-    text = re.sub(r"[^a-z' ]+", " ", text)
-    text = re.sub(r"(?<![a-z])'+(?![a-z])", " ", text)
-    return NormalizedTranscript(" ".join(text.split()), dict(sorted(dropped.items())), content)
-
-
-def normalize_transcript(text: str) -> str:
-    """`normalize_transcript_report(text).text`: lowercase a-z, apostrophe, single spaces."""
-    return normalize_transcript_report(text).text
 
 
 def normalization_summary(records: list[dict], reports: list[NormalizedTranscript]) -> str | None:

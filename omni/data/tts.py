@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import unicodedata
 from pathlib import Path
 
 import torch
@@ -34,23 +33,11 @@ from omni.audio import (
 from omni.data import fingerprint
 from omni.data.resumable import BadSample
 from omni.data.speech import AsrSource, load_log_mel, load_waveform
+from omni.text_frontend import talker_text, talker_text_ids
 from omni.torch_io import load as load_file
 from omni.torch_io import save as atomic_save
 
 SILENCE_LOG_MEL = math.log(LOG_MEL_FLOOR)  # LogMel of digital silence: the pad value that matches zero samples
-
-
-def talker_text(text: str) -> str:
-    """The text the Talker reads: NFKC, lowercase, single spaces. Punctuation and digits are kept (the tokenizer
-    covers them); case is folded because speech corpora disagree on it (LibriSpeech is upper case). Nothing else
-    is removed: digits, emoji and non-Latin letters reach the tokenizer, whose byte fallback encodes any character,
-    so unlike the ASR `normalize_transcript` there is no content loss to count."""
-    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
-
-
-def talker_text_ids(tokenizer, text: str) -> list[int]:
-    """Talker text prefix: <bos> text <eos>, so the model sees where the text ends and the speech starts."""
-    return tokenizer.encode(talker_text(text), bos=True, eos=True)
 
 
 class SpeechClips:

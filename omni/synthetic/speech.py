@@ -40,7 +40,7 @@ import torch
 
 from omni.audio import SAMPLE_RATE, resample
 from omni.data.manifest import write_jsonl
-from omni.data.speech import normalize_transcript
+from omni.text_frontend import normalize_transcript
 
 # Accent + variant pairs that ship with espeak-ng itself (the mbrola voices need extra packages). espeak-ng falls
 # back to the plain voice for an unknown variant without an error; the tests check these all sound different.

@@ -1,0 +1,72 @@
+"""Text frontend: how transcripts and the text to be spoken are normalised, for training and inference alike.
+
+- ASR (`normalize_transcript`): the text the CTC character vocabulary covers, lowercase a-z, apostrophe and single
+  spaces. Stage B's targets, the CER of every TTS -> ASR check (omni.speech, infer_chat.py --speak) and the
+  synthetic speech sentences all go through it, so a reference and a transcript are always compared alike.
+  `normalize_transcript_report` also counts the content it removed, for the ASR data's bad-sample check.
+- TTS (`talker_text`, `talker_text_ids`): the text the Talker reads, in Stage D training and at synthesis.
+
+Pure functions of the text (no model, no data files), so inference does not import the training-data modules.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+
+# Characters normalisation may remove that carry spoken content, by Unicode major category. Punctuation, spaces and
+# combining accents are meant to go and are not counted.
+CONTENT_KINDS = {"N": "digits", "L": "letters", "S": "symbols"}  # letters: non-Latin ones; symbols: emoji, $, %, ...
+
+
+@dataclass(frozen=True)
+class NormalizedTranscript:
+    """What `normalize_transcript_report` made of one transcript."""
+
+    text: str  # the normalised transcript
+    dropped: dict[str, int]  # content characters removed, by kind ("digits", "letters", "symbols")
+    content: int  # content characters (letters, digits, symbols) in the raw transcript, after accent stripping
+
+    @property
+    def lost_fraction(self) -> float:
+        return sum(self.dropped.values()) / self.content if self.content else 0.0
+
+
+def normalize_transcript_report(text: str) -> NormalizedTranscript:
+    """The text the CTC vocabulary covers: lowercase a-z, apostrophe, single spaces; and what it lost.
+
+    Accents are stripped (cafe for café), typographic apostrophes become "'", every other character (punctuation,
+    hyphens, digits) becomes a space, and apostrophes not touching a letter (quotes) are dropped. Digits are not
+    spelled out: corpora we read (LibriSpeech, LJSpeech normalized_text, the synthetic set) already spell numbers;
+    other data may not ("Room 101" -> "room"), so the digits, non-Latin letters and symbols removed are counted
+    (`dropped`) for the readers' summary and the bad-sample check (`omni.data.speech.AsrSource`).
+    """
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    text = text.lower().replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
+    kinds = [CONTENT_KINDS.get(unicodedata.category(c)[0]) for c in text]
+    dropped = Counter(k for c, k in zip(text, kinds) if k and not "a" <= c <= "z")
+    content = sum(k is not None for k in kinds)
+    text = re.sub(r"[^a-z' ]+", " ", text)
+    text = re.sub(r"(?<![a-z])'+(?![a-z])", " ", text)
+    return NormalizedTranscript(" ".join(text.split()), dict(sorted(dropped.items())), content)
+
+
+def normalize_transcript(text: str) -> str:
+    """`normalize_transcript_report(text).text`: lowercase a-z, apostrophe, single spaces."""
+    return normalize_transcript_report(text).text
+
+
+def talker_text(text: str) -> str:
+    """The text the Talker reads: NFKC, lowercase, single spaces. Punctuation and digits are kept (the tokenizer
+    covers them); case is folded because speech corpora disagree on it (LibriSpeech is upper case). Nothing else
+    is removed: digits, emoji and non-Latin letters reach the tokenizer, whose byte fallback encodes any character,
+    so unlike the ASR `normalize_transcript` there is no content loss to count."""
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def talker_text_ids(tokenizer, text: str) -> list[int]:
+    """Talker text prefix: <bos> text <eos>, so the model sees where the text ends and the speech starts."""
+    return tokenizer.encode(talker_text(text), bos=True, eos=True)
