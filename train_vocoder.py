@@ -14,13 +14,15 @@ in the training step from the checkpointed global RNG, so a killed-and-rerun run
 the held-out clips (whole utterances): the mel-L1 between each clip's log-mel and the log-mel of the audio the
 generator makes from it; the Griffin-Lim fallback is scored on the same mels for comparison.
 
-Single process only: the GAN steps are methods of HifiGanTrainModel, outside a DDP forward, so DDP would not
-synchronise their gradients. Rerunning the same command resumes. Final weights: <save_dir>/hifigan.pt =
+Single process only: the discriminators run outside the model's (DDP) forward, so DDP would not synchronise
+their gradients. Rerunning the same command resumes. Final weights: <save_dir>/hifigan.pt =
 {"model": generator state dict, "config": VocoderConfig} (generator only; the discriminators and both optimizers
 stay in the step checkpoints).
 """
 
 import sys
+
+import torch
 
 from omni.config import load_config, to_dict
 from omni.data.resumable import ResumableDataset, require_usable
@@ -29,7 +31,15 @@ from omni.data.tts import SpeechClips, random_segments
 from omni.speech import VOCODER_FILE
 from omni.stages import VocoderStage
 from omni.training import Run, adamw
-from omni.vocoder import HifiGanTrainModel, griffin_lim, mel_l1_loss
+from omni.vocoder import (
+    HifiGanTrainModel,
+    discriminator_loss,
+    feature_matching_loss,
+    frozen,
+    generator_adversarial_loss,
+    griffin_lim,
+    mel_l1_loss,
+)
 
 cfg, args = load_config(VocoderStage, description=__doc__)
 run = Run(cfg, name="hifigan", metric="val_mel_l1", mode="min", force=args.force)
@@ -71,27 +81,43 @@ def evaluate() -> dict:
     return {"val_mel_l1": sums["gen"] / sums["frames"], "val_mel_l1_griffin_lim": sums["gl"] / sums["frames"]}
 
 
-# ---- loop: discriminators first (on a detached fake), then the generator against the updated discriminators
+# ---- loop: one GAN step as in HiFi-GAN's train.py: the discriminators step on real vs the detached fake, then
+# the generator steps against the updated discriminators. The discriminators always see the real clip before
+# the fake one: MSD's spectral norm updates its power-iteration state at every call, so the order is part of
+# the run (and of its exact resume).
+discriminators = {"mpd": run.raw_model.mpd, "msd": run.raw_model.msd}
 for batch in run.batches(train_set):
     mel, _, wav = random_segments(batch["mel"], batch["mel_lengths"], cfg.data.segment_frames, wav=batch["wav"])
     adversarial = run.step >= cfg.mel_warmup_steps
     with run.micro_step():
         fake = model(mel)
-        if adversarial:
-            d_loss, d_parts = run.raw_model.discriminator_step(wav, fake)
+        if adversarial:  # discriminator step (LSGAN); the fake is detached, so only MPD and MSD get gradients
+            d_parts = {f"d_{name}": discriminator_loss(disc(wav)[0], disc(fake.detach())[0])
+                       for name, disc in discriminators.items()}
+            d_loss = d_parts["d_mpd"] + d_parts["d_msd"]
             run.backward(d_loss, optimizer="disc")
     if adversarial:
         run.optimizer_step("disc")
     with run.micro_step():
-        if adversarial:
-            g_loss, g_parts = run.raw_model.generator_step(mel, wav, fake)
+        if adversarial:  # generator step: adversarial + feature matching (real features are fixed targets) + mel
+            adv = fm = 0.0
+            with frozen(*discriminators.values()):
+                for disc in discriminators.values():
+                    with torch.no_grad():
+                        _, real_fmaps = disc(wav)
+                    fake_scores, fake_fmaps = disc(fake)
+                    adv = adv + generator_adversarial_loss(fake_scores)
+                    fm = fm + feature_matching_loss(real_fmaps, fake_fmaps)
+            mel_loss = mel_l1_loss(fake, mel)
+            g_loss = adv + cfg.model.lambda_fm * fm + cfg.model.lambda_mel * mel_loss
+            g_parts = {"g_adv": adv, "g_fm": fm, "g_mel": mel_loss}
         else:
             g_parts = {"g_mel": mel_l1_loss(fake, mel)}
             g_loss = cfg.model.lambda_mel * g_parts["g_mel"]
         run.backward(g_loss, optimizer="gen")
     # In the warm-up both optimizers step together: "disc" has no gradients, so only its schedule advances.
     if run.optimizer_step("gen" if adversarial else None):
-        run.log(g_loss=g_loss, **g_parts, **({"d_loss": d_loss, **d_parts} if adversarial else {}))
+        run.log(g_loss=g_loss, **g_parts, **({"d_loss": d_loss, **d_parts} if adversarial else {}))  # detaches
         run.maybe_evaluate(evaluate)
         run.maybe_checkpoint()
 

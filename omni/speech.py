@@ -60,7 +60,9 @@ class Vocoder:
     """log-mel (B, T, F) -> waveform (B, T * hop): the trained HiFi-GAN generator, or Griffin-Lim."""
 
     def __init__(self, generator=None, *, griffin_lim_iters: int = 32):
-        self.generator, self.griffin_lim_iters = generator, griffin_lim_iters
+        # Every inference path comes through here: fold HiFi-GAN's weight norm into plain weights once.
+        self.generator = None if generator is None else generator.remove_weight_norm()
+        self.griffin_lim_iters = griffin_lim_iters
         self.name = "hifigan" if generator is not None else "griffin-lim"
 
     @classmethod

@@ -238,6 +238,8 @@ def _talker(config_dir, device, batch_size, overrides):
 def _vocoder(config_dir, device, batch_size, overrides):
     from omni.audio import HOP_LENGTH
     from omni.stages import VocoderStage
+    from omni.vocoder import (discriminator_loss, feature_matching_loss, frozen, generator_adversarial_loss,
+                              mel_l1_loss)
     from omni.vocoder import HifiGanTrainModel
 
     path = _cfg_path(config_dir, "vocoder_tiny.json")
@@ -254,14 +256,22 @@ def _vocoder(config_dir, device, batch_size, overrides):
     amp = AMP_DTYPES[t.precision]
 
     def step() -> torch.Tensor:  # as train_vocoder.py: discriminators on a detached fake, then the generator
+        discs = (model.mpd, model.msd)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             fake = net(mel)
-            d_loss, _ = model.discriminator_step(wav, fake)
+            d_loss = sum(discriminator_loss(d(wav)[0], d(fake.detach())[0]) for d in discs)
         d_loss.backward()
         disc.step()
         disc.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            g_loss, _ = model.generator_step(mel, wav, fake)
+            g_loss = cfg.model.lambda_mel * mel_l1_loss(fake, mel)
+            with frozen(*discs):
+                for d in discs:
+                    with torch.no_grad():
+                        real_fmaps = d(wav)[1]
+                    scores, fmaps = d(fake)
+                    g_loss = g_loss + generator_adversarial_loss(scores)
+                    g_loss = g_loss + cfg.model.lambda_fm * feature_matching_loss(real_fmaps, fmaps)
         g_loss.backward()
         gen.step()
         gen.zero_grad(set_to_none=True)

@@ -10,6 +10,8 @@ Design choices
 - The upsampling product must equal omni.audio.HOP_LENGTH (160), so T mel frames give exactly T * 160 samples:
   each transposed conv with kernel k and stride u uses padding ceil((k - u) / 2) and output_padding
   2 * padding - (k - u), i.e. exactly u samples per input sample for odd k - u as well (5 with kernel 10).
+- Inference folds the weight norm into plain weights once (`Generator.remove_weight_norm`, called by
+  `omni.speech.Vocoder` for every inference path): the same output without recomputing g * v / |v| per call.
 - Discriminators: MPD (periods 2, 3, 5, 7, 11: the waveform, right-padded by reflection to a multiple of p, is
   folded into (N / p, p) and seen by Conv2d with (5, 1) kernels, so each period sees its own periodic
   structure) and MSD (MelGAN's grouped Conv1d stack on the raw, x2 and x4 average-pooled waveform; spectral norm
@@ -24,9 +26,9 @@ Design choices
   hop, power, Slaney scale and norm, f_min/f_max), the natural log is undone with exp, torchaudio's
   `InverseMelScale` (least squares) recovers a linear power spectrogram and `GriffinLim` (zero initial phase, so
   deterministic) the phase; the (T - 1) * hop samples it gives are right-padded to T * hop like the generator's.
-- `HifiGanTrainModel` holds generator + MPD + MSD so one checkpoint holds all three; the training script gives
-  it two optimizers ("gen" over `generator`, "disc" over `mpd` and `msd`) and calls `discriminator_step` and
-  `generator_step`.
+- `HifiGanTrainModel` holds generator + MPD + MSD so one checkpoint holds all three. The two-player step itself is
+  written out in train_vocoder.py (as in HiFi-GAN's train.py), from the loss functions here; `frozen` keeps the
+  generator's backward pass off the discriminators' gradients.
 
 References: Kong et al. 2020 (HiFi-GAN, arXiv:2010.05646); Kumar et al. 2019 (MelGAN, MSD); Mao et al. 2017
 (LSGAN); Griffin & Lim 1984; Perraudin et al. 2013 (fast Griffin-Lim).
@@ -36,14 +38,17 @@ Shape legend: B batch, T mel frames (100 Hz), N samples (16 kHz, N = 160 T), C c
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 import torchaudio
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
 from omni.audio import HOP_LENGTH, N_MELS, LogMel
@@ -111,7 +116,7 @@ def _conv1d(c_in: int, c_out: int, kernel: int, dilation: int = 1) -> nn.Conv1d:
 class ResBlock(nn.Module):
     """x + conv(lrelu(conv_dilated(lrelu(x)))) for each dilation in turn (HiFi-GAN ResBlock1)."""
 
-    def __init__(self, channels: int, kernel: int, dilations: tuple[int, ...]):
+    def __init__(self, *, channels: int, kernel: int, dilations: tuple[int, ...]):
         super().__init__()
         self.dilated = nn.ModuleList(_conv1d(channels, channels, kernel, d) for d in dilations)
         self.plain = nn.ModuleList(_conv1d(channels, channels, kernel) for _ in dilations)
@@ -141,7 +146,8 @@ class Generator(nn.Module):
             channels //= 2
             self.mrfs.append(
                 nn.ModuleList(
-                    ResBlock(channels, kr, d) for kr, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilations)
+                    ResBlock(channels=channels, kernel=kr, dilations=d)
+                    for kr, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilations)
                 )
             )
         self.conv_post = _conv1d(channels, 1, 7)
@@ -154,11 +160,20 @@ class Generator(nn.Module):
             x = sum(block(x) for block in mrf) / len(mrf)
         return torch.tanh(self.conv_post(F.leaky_relu(x, LRELU_SLOPE))).squeeze(1)
 
+    def remove_weight_norm(self) -> Generator:
+        """For inference: replace every weight-norm parametrization by the weight it gives (same output, no
+        per-call g * v / |v|). The state dict then has plain `weight` keys, so do it after loading, never before
+        saving a checkpoint."""
+        for module in self.modules():
+            if parametrize.is_parametrized(module, "weight"):
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        return self
+
 
 class PeriodDiscriminator(nn.Module):
     """MPD sub-discriminator for one period: Conv2d (5, 1) stack over the waveform folded to (N / p, p)."""
 
-    def __init__(self, period: int, channels: tuple[int, ...]):
+    def __init__(self, *, period: int, channels: tuple[int, ...]):
         super().__init__()
         self.period = period
         widths = (1, *channels)
@@ -184,7 +199,7 @@ class PeriodDiscriminator(nn.Module):
 class ScaleDiscriminator(nn.Module):
     """MSD sub-discriminator: MelGAN's grouped, strided Conv1d stack over the waveform."""
 
-    def __init__(self, channels: tuple[int, ...], use_spectral_norm: bool):
+    def __init__(self, *, channels: tuple[int, ...], use_spectral_norm: bool):
         super().__init__()
         norm = spectral_norm if use_spectral_norm else weight_norm
         widths = (1, *channels)
@@ -208,9 +223,9 @@ class ScaleDiscriminator(nn.Module):
 class MultiPeriodDiscriminator(nn.Module):
     """One `PeriodDiscriminator` per period."""
 
-    def __init__(self, periods: tuple[int, ...], channels: tuple[int, ...]):
+    def __init__(self, *, periods: tuple[int, ...], channels: tuple[int, ...]):
         super().__init__()
-        self.discriminators = nn.ModuleList(PeriodDiscriminator(p, channels) for p in periods)
+        self.discriminators = nn.ModuleList(PeriodDiscriminator(period=p, channels=channels) for p in periods)
 
     def forward(self, wav: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
         """wav (B, N) -> (scores per discriminator, feature maps per discriminator)."""
@@ -221,9 +236,11 @@ class MultiPeriodDiscriminator(nn.Module):
 class MultiScaleDiscriminator(nn.Module):
     """`ScaleDiscriminator`s on the raw, x2 and x4 average-pooled waveform; spectral norm on the raw scale."""
 
-    def __init__(self, channels: tuple[int, ...], n_scales: int = 3):
+    def __init__(self, *, channels: tuple[int, ...], n_scales: int = 3):
         super().__init__()
-        self.discriminators = nn.ModuleList(ScaleDiscriminator(channels, i == 0) for i in range(n_scales))
+        self.discriminators = nn.ModuleList(
+            ScaleDiscriminator(channels=channels, use_spectral_norm=i == 0) for i in range(n_scales)
+        )
         self.pool = nn.AvgPool1d(4, 2, padding=2)
 
     def forward(self, wav: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
@@ -276,46 +293,27 @@ class HifiGanTrainModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.generator = Generator(cfg)
-        self.mpd = MultiPeriodDiscriminator(cfg.mpd_periods, cfg.mpd_channels)
-        self.msd = MultiScaleDiscriminator(cfg.msd_channels)
+        self.mpd = MultiPeriodDiscriminator(periods=cfg.mpd_periods, channels=cfg.mpd_channels)
+        self.msd = MultiScaleDiscriminator(channels=cfg.msd_channels)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """mel (B, T, n_mels) -> wav (B, T * 160) (the generator)."""
         return self.generator(mel)
 
-    def discriminator_step(self, wav_real: torch.Tensor, wav_fake: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Discriminator loss (scalar) and its parts; wav_fake is detached here, so only MPD/MSD get gradients."""
-        parts = {}
-        for name, disc in (("mpd", self.mpd), ("msd", self.msd)):
-            real_scores, _ = disc(wav_real)
-            fake_scores, _ = disc(wav_fake.detach())
-            parts[f"d_{name}"] = discriminator_loss(real_scores, fake_scores)
-        loss = parts["d_mpd"] + parts["d_msd"]
-        return loss, {k: v.detach() for k, v in parts.items()}
 
-    def generator_step(
-        self, mel_real: torch.Tensor, wav_real: torch.Tensor, wav_fake: torch.Tensor
-    ) -> tuple[torch.Tensor, dict]:
-        """Generator loss adv + lambda_fm * fm + lambda_mel * mel and its parts; mel_real (B, T, n_mels),
-        wav_real and wav_fake (B, T * 160). The discriminators are frozen meanwhile, so the backward pass leaves
-        no gradients on them that their next step would add to its own."""
-        disc_params = [p for p in [*self.mpd.parameters(), *self.msd.parameters()] if p.requires_grad]
-        for p in disc_params:
-            p.requires_grad_(False)
-        try:
-            adv = fm = 0.0
-            for disc in (self.mpd, self.msd):
-                with torch.no_grad():
-                    _, real_fmaps = disc(wav_real)
-                fake_scores, fake_fmaps = disc(wav_fake)
-                adv = adv + generator_adversarial_loss(fake_scores)
-                fm = fm + feature_matching_loss(real_fmaps, fake_fmaps)
-        finally:
-            for p in disc_params:
-                p.requires_grad_(True)
-        mel = mel_l1_loss(wav_fake, mel_real)
-        loss = adv + self.cfg.lambda_fm * fm + self.cfg.lambda_mel * mel
-        return loss, {"g_adv": adv.detach(), "g_fm": fm.detach(), "g_mel": mel.detach()}
+@contextlib.contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Turn off requires_grad of the modules' trainable parameters for the block, then turn it back on: the
+    generator's loss runs through the discriminators without leaving gradients on them, which their next step
+    would otherwise add to its own."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def inverse_mel_scale(n_mels: int = N_MELS) -> torchaudio.transforms.InverseMelScale:

@@ -13,6 +13,7 @@ from omni.vocoder import (
     VocoderConfig,
     discriminator_loss,
     feature_matching_loss,
+    frozen,
     generator_adversarial_loss,
     griffin_lim,
     inverse_mel_scale,
@@ -119,26 +120,54 @@ def test_mel_loss_uses_the_logmel_frontend_aligned_to_the_frames():
     assert mel_l1_loss(wav, mel[:, 1:21]).item() > 0.05  # misaligned by one frame
 
 
-def test_gan_steps_are_finite_and_send_gradients_to_the_right_parts():
+def test_gan_losses_send_gradients_to_the_right_parts():
+    """The two players as train_vocoder.py writes them: discriminators on real vs the detached fake, then the
+    generator through `frozen` discriminators."""
     model = HifiGanTrainModel(tiny_config())
     wav_real = tone(0.1)[None].repeat(2, 1)
     mel = LogMel(N_MELS)(wav_real)[:, :10]
     wav_fake = model(mel)
-    d_loss, d_parts = model.discriminator_step(wav_real, wav_fake)
-    assert torch.isfinite(d_loss) and set(d_parts) == {"d_mpd", "d_msd"}
+    discs = (model.mpd, model.msd)
+    d_loss = sum(discriminator_loss(d(wav_real)[0], d(wav_fake.detach())[0]) for d in discs)
+    assert torch.isfinite(d_loss)
     d_loss.backward()
     assert all(p.grad is None for p in model.generator.parameters())
     assert all(p.grad is not None for p in [*model.mpd.parameters(), *model.msd.parameters()])
     model.zero_grad(set_to_none=True)
-    g_loss, g_parts = model.generator_step(mel, wav_real, wav_fake)
-    assert torch.isfinite(g_loss) and set(g_parts) == {"g_adv", "g_fm", "g_mel"}
-    expected = g_parts["g_adv"] + 2.0 * g_parts["g_fm"] + 45.0 * g_parts["g_mel"]
-    assert torch.allclose(g_loss.detach(), expected)
+    with frozen(*discs):
+        assert not any(p.requires_grad for d in discs for p in d.parameters())
+        g_loss = sum(generator_adversarial_loss(d(wav_fake)[0]) + feature_matching_loss(d(wav_real)[1], d(wav_fake)[1])
+                     for d in discs)
+    g_loss = g_loss + 45.0 * mel_l1_loss(wav_fake, mel)
+    assert torch.isfinite(g_loss)
     g_loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.generator.parameters())
-    discs = [*model.mpd.parameters(), *model.msd.parameters()]
-    assert all(p.grad is None and p.requires_grad for p in discs)  # frozen during the step, trainable again
+    disc_params = [*model.mpd.parameters(), *model.msd.parameters()]
+    assert all(p.grad is None and p.requires_grad for p in disc_params)  # frozen during the step, trainable again
     assert model.generator.conv_pre.parametrizations.weight.original1.grad.abs().sum() > 0
+
+
+def test_frozen_restores_trainability_after_an_error_and_leaves_frozen_parameters_frozen():
+    model = HifiGanTrainModel(tiny_config())
+    model.msd.discriminators[0].conv_post.requires_grad_(False)  # frozen before: must stay frozen
+    with pytest.raises(RuntimeError, match="boom"), frozen(model.mpd, model.msd):
+        raise RuntimeError("boom")
+    assert all(p.requires_grad for p in model.mpd.parameters())
+    assert not any(p.requires_grad for p in model.msd.discriminators[0].conv_post.parameters())
+    assert all(p.requires_grad for p in model.msd.discriminators[1].parameters())
+
+
+def test_remove_weight_norm_keeps_the_output_and_leaves_plain_weights():
+    torch.manual_seed(0)
+    gen = HifiGanTrainModel(tiny_config()).generator.eval()
+    mel = torch.randn(1, 6, N_MELS) - 5
+    with torch.no_grad():
+        before = gen(mel)
+        assert gen.remove_weight_norm() is gen
+        after = gen(mel)
+    assert torch.equal(before, after)
+    assert not any(parametrize.is_parametrized(m) for m in gen.modules())
+    assert not any("parametrizations" in k for k in gen.state_dict())
 
 
 def test_generator_learns_from_the_mel_loss():
