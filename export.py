@@ -9,15 +9,17 @@ Each --X_ckpt is a stage's run dir (its final-weights file is found by name: thi
 talker.pt (+ rvq_codec.pt beside it), hifigan.pt, ocr.pt, omni_final.pt) or the file itself. Components not given
 are absent from the export (config.json lists them). --omni_ckpt (Stage E) holds only the parameters it trained;
 they are laid over the stage weights and the overridden/added tensors are listed. Load the result with
-`omni.load_exported(output_dir)`; the format is described in omni/export_format.py, the components
+`omni.load_exported(output_dir)`; the format is described in omni/export_format.py (written by
+omni/export_writer.py, read by omni/export_reader.py), the components
 and their stage files in omni/components.py.
 """
 
 import argparse
 from pathlib import Path
 
-from omni.components import ExportError, read_sft_weights, read_stage_weights
-from omni.export_format import DTYPES, component_state, merge_trainable, prefix, write_export
+from omni.components import ExportError, read_sft_weights, read_stage_weights, stage_config
+from omni.export_format import DTYPES, component_state, prefix
+from omni.export_writer import merge_trainable, write_export
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,14 +91,12 @@ try:
     if args.hf_thinker:
         if thinker is None:
             parser.error("--hf_thinker needs --thinker_ckpt")
-        from omni.config import from_dict
         from omni.hf_export import write_hf_thinker
-        from omni.thinker import ThinkerConfig
 
         state = prefix(thinker.state, "thinker")
         if sft is not None:
             state, _ = merge_trainable(state, {k: v for k, v in sft[0].items() if k.startswith("thinker.")})
-        cfg = from_dict(ThinkerConfig, thinker.config, where=f"{thinker.source} 'config'")
+        cfg = stage_config(thinker)
         write_hf_thinker(args.hf_thinker, component_state(state, "thinker"), cfg, tokenizer=tokenizer,
                          dtype=args.dtype)
         arch = "Qwen3MoeForCausalLM" if cfg.n_experts else "Qwen3ForCausalLM"

@@ -2,9 +2,9 @@
 
 
 def load_exported(path, **kwargs):
-    """Load an export folder written by export.py -> `omni.export_format.ExportedModel` (imported lazily, so
+    """Load an export folder written by export.py -> `omni.export_reader.ExportedModel` (imported lazily, so
     `import omni` stays cheap)."""
-    from omni.export_format import load_exported as _load_exported
+    from omni.export_reader import load_exported as _load_exported
 
     return _load_exported(path, **kwargs)
 

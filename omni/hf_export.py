@@ -36,14 +36,8 @@ from safetensors.torch import save_file
 from omni.components import ExportError
 from omni.errors import UserError
 from omni.export_files import verify, write_folder
-from omni.export_format import (
-    CONFIG_FILE,
-    GENERATION_CONFIG_FILE,
-    WEIGHTS_FILE,
-    generation_config,
-    prepare_tensors,
-    write_json,
-)
+from omni.export_format import CONFIG_FILE, GENERATION_CONFIG_FILE, WEIGHTS_FILE
+from omni.export_writer import generation_config, prepare_tensors, write_json
 from omni.thinker import ThinkerConfig
 
 TORCH_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}

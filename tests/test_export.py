@@ -1,5 +1,5 @@
-"""export.py, omni.export_format and omni.components: merged safetensors export, load_exported, Stage-E merge,
-errors naming the file at fault."""
+"""export.py, omni.export_writer/export_reader and omni.components: merged safetensors export, load_exported,
+Stage-E merge, errors naming the file at fault."""
 
 import json
 import os
@@ -15,7 +15,8 @@ import omni
 from omni.components import COMPONENTS, Component, ExportError, StageWeights, read_sft_weights, read_stage_weights
 from omni.config import to_dict
 from omni.errors import UserError
-from omni.export_format import check_consistency, merge_trainable, prepare_tensors, read_export, write_export
+from omni.export_reader import read_export
+from omni.export_writer import check_consistency, merge_trainable, prepare_tensors, write_export
 from omni.thinker import Thinker, ThinkerConfig
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer, train_tokenizer
 from omni.training.checkpoint import atomic_save
@@ -240,20 +241,23 @@ def test_cross_component_sizes_must_agree(tokenizer, tmp_path):
                        "codec": part("codec", n_codebooks=2, codebook_size=64)}, tokenizer)
 
 
-def test_component_without_classes_is_exported_but_unsupported(monkeypatch, tmp_path):
-    """A planned component whose module is not written yet: its tensors and config are exported, loading lists it
-    as unsupported and still gives its raw tensors."""
-    monkeypatch.setitem(COMPONENTS, "vocoder", Component("vocoder", "hifigan.pt", "omni._not_written_yet", "G", "GC"))
-    weights = {"embed.weight": torch.randn(4, 2), "steps": torch.tensor(7)}
-    atomic_save({"model": weights, "config": {"d_model": 2}}, tmp_path / "hifigan.pt")
-    config = write_export(tmp_path / "out", [read_stage_weights(tmp_path / "hifigan.pt", "vocoder")])
-    assert config["components"]["vocoder"]["config"] == {"d_model": 2}
+def test_component_this_omni_does_not_know_is_listed_as_unsupported(monkeypatch, tmp_path):
+    """An export by a newer omni with a component this code lacks: loading lists it as unsupported and still gives
+    its raw tensors."""
+    from omni.omni_model import Projector, ProjectorConfig
+
+    monkeypatch.setitem(COMPONENTS, "newpart", Component("newpart", "newpart.pt", "omni.omni_model", "Projector",
+                                                         "ProjectorConfig"))
+    part = Projector(ProjectorConfig(in_dim=4, out_dim=2, hidden_dim=3))
+    atomic_save({"model": part.state_dict(), "config": {"in_dim": 4, "out_dim": 2, "hidden_dim": 3}},
+                tmp_path / "newpart.pt")
+    write_export(tmp_path / "out", [read_stage_weights(tmp_path / "newpart.pt", "newpart")])
+    monkeypatch.delitem(COMPONENTS, "newpart")  # the reading omni is older
     loaded = omni.load_exported(tmp_path / "out")
-    assert "vocoder" in loaded.unsupported and not loaded.components
-    with pytest.raises(AttributeError, match="cannot be loaded yet"):
-        loaded.vocoder  # noqa: B018
-    raw = loaded.state_dict("vocoder")
-    assert torch.equal(raw["embed.weight"], weights["embed.weight"]) and raw["steps"].dtype == torch.int64
+    assert "newpart" in loaded.unsupported and not loaded.components
+    with pytest.raises(AttributeError, match="cannot be loaded: unknown component"):
+        loaded.newpart  # noqa: B018
+    assert torch.equal(loaded.state_dict("newpart")["fc1.weight"], part.fc1.weight)
 
 
 def test_cli_missing_checkpoint_exits_nonzero(tmp_path):
@@ -365,13 +369,18 @@ def test_reexport_keeps_the_users_files_and_removes_only_its_own_stale_ones(monk
     (out / "notes.txt").write_text("eval: 71% on my set")
     (out / "results").mkdir()
     # Re-export something without a tokenizer: the tokenizer files of the previous export go, the user's stay.
-    monkeypatch.setitem(COMPONENTS, "vocoder", Component("vocoder", "hifigan.pt", "omni._not_written_yet", "G", "GC"))
-    atomic_save({"model": {"embed.weight": torch.randn(4, 2)}, "config": {"d_model": 2}}, tmp_path / "hifigan.pt")
-    config = write_export(out, [read_stage_weights(tmp_path / "hifigan.pt", "vocoder")])
+    from omni.omni_model import Projector, ProjectorConfig
+
+    monkeypatch.setitem(COMPONENTS, "newpart", Component("newpart", "newpart.pt", "omni.omni_model", "Projector",
+                                                         "ProjectorConfig"))
+    part_config = {"in_dim": 4, "out_dim": 2, "hidden_dim": 3}
+    atomic_save({"model": Projector(ProjectorConfig(**part_config)).state_dict(), "config": part_config},
+                tmp_path / "newpart.pt")
+    config = write_export(out, [read_stage_weights(tmp_path / "newpart.pt", "newpart")])
     assert {p.name for p in out.iterdir()} == {*config["files"], "config.json", "notes.txt", "results"}
     assert "tokenizer.model" not in config["files"] and "generation_config.json" not in config["files"]
     assert (out / "notes.txt").read_text() == "eval: 71% on my set"
-    assert omni.load_exported(out).config["components_present"] == ["vocoder"]
+    assert omni.load_exported(out).config["components_present"] == ["newpart"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
 
     # Over an export from before config.json listed its files, the names an export may write stand in for the list.
@@ -379,7 +388,7 @@ def test_reexport_keeps_the_users_files_and_removes_only_its_own_stale_ones(monk
     config = json.loads((out / "config.json").read_text())
     del config["files"]
     (out / "config.json").write_text(json.dumps(config))
-    write_export(out, [read_stage_weights(tmp_path / "hifigan.pt", "vocoder")])
+    write_export(out, [read_stage_weights(tmp_path / "newpart.pt", "newpart")])
     assert not (out / "tokenizer.model").exists() and (out / "notes.txt").exists()
 
 
@@ -439,24 +448,26 @@ def test_merge_trainable_keeps_ties():
         merge_trainable(stage, {"thinker.embed_tokens.weight": new, "thinker.lm_head.weight": -new})
 
 
-def test_stage_e_export(monkeypatch, thinker_run, tokenizer, tmp_path):
+def test_stage_e_export(thinker_run, tokenizer, tmp_path):
     """omni_final.pt over a Thinker: the Thinker update lands in the loaded model, the projector is added."""
-    monkeypatch.setitem(COMPONENTS, "audio_projector",
-                        Component("audio_projector", None, "omni._not_written_yet", "P", "PC"))
+    from omni.omni_model import Projector, ProjectorConfig
+
     run_dir, model = thinker_run
     new_norm = torch.full_like(model.norm.weight, 2.0)
-    projector = {"audio_projector.proj.weight": torch.randn(32, 16)}
+    projector_config = {"in_dim": 16, "out_dim": 32, "hidden_dim": 8}
+    fresh = Projector(ProjectorConfig(**projector_config))
+    projector = {f"audio_projector.{k}": v for k, v in fresh.state_dict().items()}
     atomic_save({"model": {"thinker.norm.weight": new_norm, **projector},
-                 "config": {"audio_projector": {"d_in": 16, "d_out": 32}}}, tmp_path / "sft" / "omni_final.pt")
+                 "config": {"audio_projector": projector_config}}, tmp_path / "sft" / "omni_final.pt")
     config = write_export(tmp_path / "out", [read_stage_weights(run_dir, "thinker")], tokenizer=tokenizer,
                           sft=read_sft_weights(tmp_path / "sft"))
-    assert "Stage E (omni_final.pt) overrode 1 and added 1 tensors." in (tmp_path / "out" / "README.md").read_text()
+    assert "Stage E (omni_final.pt) overrode 1 and added 4 tensors." in (tmp_path / "out" / "README.md").read_text()
     assert config["components_present"] == ["thinker", "audio_projector"]
     loaded = omni.load_exported(tmp_path / "out")
     assert loaded.config["stage_e"] == {"source": "omni_final.pt", "overridden": ["thinker.norm.weight"],
-                                        "added": ["audio_projector.proj.weight"]}
-    assert loaded.config["components"]["audio_projector"]["config"] == {"d_in": 16, "d_out": 32}
+                                        "added": sorted(projector)}
+    assert loaded.config["components"]["audio_projector"]["config"] == projector_config
     assert torch.equal(loaded.thinker.norm.weight, new_norm)
     assert torch.equal(loaded.thinker.layers[0].mlp.up_proj.weight, model.layers[0].mlp.up_proj.weight)
-    assert "audio_projector" in loaded.unsupported
-    assert torch.equal(loaded.state_dict("audio_projector")["proj.weight"], projector["audio_projector.proj.weight"])
+    assert not loaded.unsupported
+    assert torch.equal(loaded.audio_projector.fc1.weight, projector["audio_projector.fc1.weight"])
