@@ -31,16 +31,15 @@ import torch
 import omni
 from omni.audio import SAMPLE_RATE, AudioError, LogMel, load_audio
 from omni.chat import ChatEncoder, media_prefix
-from omni.components import SFT_WEIGHTS_FILE, ExportError, find_weights
+from omni.components import SFT_WEIGHTS_FILE, ExportError, load_stage_model, read_sft
 from omni.config import from_dict
 from omni.ctc import CharVocab, ctc_transcripts
 from omni.data.images import image_to_tensor, line_to_tensor, load_image
 from omni.metrics import char_error_counts
 from omni.omni_model import OmniConfig, OmniModel
-from omni.speech import SpeechSynthesizer, Transcriber, Vocoder, load_component
+from omni.speech import SpeechSynthesizer, Transcriber, Vocoder
 from omni.text_frontend import normalize_transcript
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer
-from omni.training import checkpoint as ckpt
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--omni_ckpt", help=f"Stage-E run dir or {SFT_WEIGHTS_FILE}")
@@ -85,19 +84,6 @@ def fail(msg: str):
     parser.exit(1, f"infer_chat.py: error: {msg}\n")
 
 
-def assemble(cfg: OmniConfig, thinker, asr, vit, projectors: dict) -> OmniModel:
-    """An OmniModel made of already-loaded parts (the AsrModel's encoder is the audio tower)."""
-    model = OmniModel(cfg, thinker=thinker.cfg, audio=asr.encoder.cfg if asr else None, vision=vit.cfg if vit else None)
-    model.thinker = thinker
-    if asr is not None:
-        model.audio_encoder.encoder = asr.encoder
-    if vit is not None:
-        model.vision_encoder = vit
-    for name, module in projectors.items():
-        setattr(model, name, module)
-    return model
-
-
 # ---- load: the SFT model, its tokenizer, and what --ocr / --speak / the CER check need
 ocr = ocr_vocab = ocr_max_width = synth = asr = None
 try:
@@ -120,8 +106,10 @@ try:
                 f"{OmniConfig().image_tokens!r}")
         hidden = next((p.cfg.hidden_dim for n, p in parts.items() if n.endswith("_projector")), None)
         omni_cfg = from_dict(OmniConfig, omni_section or {"projector_hidden": hidden}, where="config.json 'omni'")
-        model = assemble(omni_cfg, m.thinker, parts.get("audio_encoder"), parts.get("vision_encoder"),
-                         {n: p for n, p in parts.items() if n.endswith("_projector")})
+        asr_model = parts.get("audio_encoder")  # an AsrModel: its encoder is the audio tower
+        model = OmniModel(omni_cfg, thinker=m.thinker, audio_encoder=asr_model and asr_model.encoder,
+                          vision_encoder=parts.get("vision_encoder"), audio_projector=parts.get("audio_projector"),
+                          vision_projector=parts.get("vision_projector"))
         if "ocr" in present:
             ocr, ocr_vocab, ocr_max_width = m.ocr, sections["ocr"]["vocab"], sections["ocr"].get("max_width")
         if "talker" in present and "codec" in present:
@@ -131,33 +119,34 @@ try:
             section = sections["audio_encoder"]
             asr = Transcriber(m.audio_encoder, CharVocab.from_list(section["vocab"]), section["config"]["n_mels"])
     else:
-        sft_file = find_weights(args.omni_ckpt, SFT_WEIGHTS_FILE, "Stage-E")
-        sft = ckpt.load(sft_file)
-        stage = dict(sft.get("stage_weights", {}))
+        sft = read_sft(args.omni_ckpt)
+        sft_file = sft.source
+        stage = dict(sft.stage_weights)
         stage.update({k: v for k, v in (("thinker", args.thinker_ckpt), ("audio_encoder", args.audio_ckpt),
                                         ("vision_encoder", args.vision_ckpt)) if v})
         if not stage.get("thinker"):
             fail(f"{sft_file} names no Thinker checkpoint: pass --thinker_ckpt")
         for name in ("audio_encoder", "vision_encoder"):
-            if (stage.get(name) is None) != (name not in sft["config"]):
-                fail(f"{sft_file} was trained {'with' if name in sft['config'] else 'without'} a {name}; "
-                     f"{'pass its checkpoint' if name in sft['config'] else 'drop its checkpoint'}")
-        thinker, _ = load_component(stage["thinker"], "thinker", device)
+            if (stage.get(name) is None) != (name not in sft.config):
+                fail(f"{sft_file} was trained {'with' if name in sft.config else 'without'} a {name}; "
+                     f"{'pass its checkpoint' if name in sft.config else 'drop its checkpoint'}")
+        # Each part built once from its stage file; the projectors (born in Stage E) come from omni_final.pt below.
+        thinker, _ = load_stage_model(stage["thinker"], "thinker", device)
         asr_model = vit = None
         if stage.get("audio_encoder"):
-            asr_model, asr_weights = load_component(stage["audio_encoder"], "audio_encoder", device)
+            asr_model, asr_weights = load_stage_model(stage["audio_encoder"], "audio_encoder", device)
         if stage.get("vision_encoder"):
-            vit, _ = load_component(stage["vision_encoder"], "vision_encoder", device)
-        model = assemble(from_dict(OmniConfig, sft["config"].get("omni", {}), where=f"{sft_file} 'config.omni'"),
-                         thinker, asr_model, vit, {})
+            vit, _ = load_stage_model(stage["vision_encoder"], "vision_encoder", device)
+        model = OmniModel(from_dict(OmniConfig, sft.config.get("omni", {}), where=f"{sft_file} 'config.omni'"),
+                          thinker=thinker, audio_encoder=asr_model and asr_model.encoder, vision_encoder=vit)
         model.to(device)
-        missing, unexpected = model.load_state_dict(sft["model"], strict=False)
+        missing, unexpected = model.load_state_dict(sft.state, strict=False)
         if unexpected or any("_projector." in k for k in missing):
             fail(f"{sft_file} does not fit the model built from its stage weights: unexpected {unexpected[:5]}, "
                  f"missing {[k for k in missing if '_projector.' in k][:5]}")
-        tokenizer = Tokenizer.load(sft_file.parent / sft.get("tokenizer", TOKENIZER_FILE))
+        tokenizer = Tokenizer.load(sft.tokenizer)
         if args.ocr_ckpt:
-            ocr, weights = load_component(args.ocr_ckpt, "ocr", device)
+            ocr, weights = load_stage_model(args.ocr_ckpt, "ocr", device)
             ocr_vocab, ocr_max_width = weights.extras["vocab"], weights.extras.get("max_width")
         if args.talker_ckpt:
             talker_dir = Path(args.talker_ckpt)

@@ -25,56 +25,52 @@ from pathlib import Path
 
 import torch
 
-from omni.audio_encoder import AudioEncoderConfig
+from omni.builders import build_sft, new_token_rows
 from omni.chat import IGNORE_INDEX
-from omni.config import from_dict, load_config, to_dict
+from omni.components import read_stage_weights, sft_weights, stage_config
+from omni.config import load_config
 from omni.data.resumable import BadSample, ResumableDataset, require_usable
 from omni.data.sft import SftSource, read_sft_manifest
-from omni.omni_model import OmniModel, greedy_exact_match
+from omni.omni_model import greedy_exact_match
 from omni.stages import SftStage
-from omni.thinker import ThinkerConfig
-from omni.tokenizer import AUDIO, IM_END, IM_START, IMAGE, TOKENIZER_FILE, Tokenizer
-from omni.training import Run, adamw
-from omni.training import checkpoint as ckpt
-from omni.vision_encoder import VisionConfig
+from omni.tokenizer import TOKENIZER_FILE, Tokenizer
+from omni.training import Run
 
 cfg, args = load_config(SftStage, description=__doc__)
 
 
 # ---- stage weights: each named file must exist
-def read_stage(path: str | None, key: str, script: str) -> dict | None:
+def read_stage(path: str | None, key: str, component: str, script: str):
+    """The component's StageWeights (vision.pt: its ViT part) and model config, unchecked: the model built below
+    loads them strictly."""
     if path is None:
-        return None
+        return None, None
     if not Path(path).is_file():
         raise SystemExit(f"{key}={path}: no such checkpoint; train it with {script} or point {key} at its final "
                          f"weights ({key}=null leaves that encoder out)")
-    return ckpt.load(path)
+    weights = read_stage_weights(path, component, check=False)
+    return weights, stage_config(weights)
 
 
-thinker_file = read_stage(cfg.thinker_ckpt, "thinker_ckpt", "train_text.py")
-audio_file = read_stage(cfg.audio_ckpt, "audio_ckpt", "train_audio_enc.py")
-vision_file = read_stage(cfg.vision_ckpt, "vision_ckpt", "train_vision.py")
-thinker_cfg = from_dict(ThinkerConfig, thinker_file["config"], cfg.thinker_ckpt)
-audio_cfg = from_dict(AudioEncoderConfig, audio_file["config"], cfg.audio_ckpt) if audio_file else None
-# Stage C writes the ContrastiveModel config, whose "vision" part is the ViT's; a bare VisionConfig works too.
-vision_cfg = (from_dict(VisionConfig, vision_file["config"].get("vision", vision_file["config"]), cfg.vision_ckpt)
-              if vision_file else None)
-tokenizer = Tokenizer.load(cfg.data.tokenizer or Path(cfg.thinker_ckpt).parent / thinker_file.get("tokenizer",
-                                                                                                 TOKENIZER_FILE))
+thinker_file, thinker_cfg = read_stage(cfg.thinker_ckpt, "thinker_ckpt", "thinker", "train_text.py")
+audio_file, audio_cfg = read_stage(cfg.audio_ckpt, "audio_ckpt", "audio_encoder", "train_audio_enc.py")
+vision_file, vision_cfg = read_stage(cfg.vision_ckpt, "vision_ckpt", "vision_encoder", "train_vision.py")
+tokenizer = Tokenizer.load(cfg.data.tokenizer or thinker_file.tokenizer or thinker_file.source.parent / TOKENIZER_FILE)
 if tokenizer.vocab_size != thinker_cfg.vocab_size:
     raise SystemExit(f"{tokenizer.model_path} has {tokenizer.vocab_size} pieces, the Thinker {thinker_cfg.vocab_size}")
 if cfg.data.max_length > thinker_cfg.max_seq_len:
     raise SystemExit(f"data.max_length ({cfg.data.max_length}) exceeds the Thinker's max_seq_len "
                      f"({thinker_cfg.max_seq_len})")
 
-# ---- model: stage weights, then the freeze flags
+# ---- model: built with its freeze flags and parameter groups (omni.builders), then the stage weights
 # The projectors start random and the model is built before Run seeds: seed here, so that two fresh runs (or one
 # process and several under torchrun, where DDP copies rank 0's start) begin from the same projectors.
 torch.manual_seed(cfg.train.seed)
-model = OmniModel(cfg.model, thinker=thinker_cfg, audio=audio_cfg, vision=vision_cfg)
+built = build_sft(cfg, thinker=thinker_cfg, audio=audio_cfg, vision=vision_cfg)
+model = built.model
 try:
-    model.load_stage_weights(thinker=thinker_file["model"], audio=audio_file and audio_file["model"],
-                             vision=vision_file and vision_file["model"])
+    model.load_stage_weights(thinker=thinker_file.state, audio=audio_file and audio_file.state,
+                             vision=vision_file and vision_file.state)
 except RuntimeError as e:
     raise SystemExit(f"stage weights do not fit their configs ({cfg.thinker_ckpt}, {cfg.audio_ckpt}, "
                      f"{cfg.vision_ckpt}): {e}") from None
@@ -89,10 +85,6 @@ def tensor_digest(p: torch.Tensor) -> bytes:
 # still differ, loaded from init_from): 32 bytes per tensor, not a copy of the model held for the whole run.
 stage_digests = {n: tensor_digest(p) for n, p in model.named_parameters()}
 del thinker_file, audio_file, vision_file
-new_rows = [tokenizer.token_id(t) for t in (IM_START, IM_END, IMAGE, AUDIO)]
-model.set_trainable(thinker=not cfg.freeze_thinker, audio_encoder=not cfg.freeze_audio_encoder,
-                    vision_encoder=not cfg.freeze_vision_encoder, projectors=not cfg.freeze_projectors,
-                    embedding_rows=new_rows if cfg.train_new_tokens else ())
 
 # ---- data
 records = {split: read_sft_manifest(path) for split, path in (("train", cfg.data.train_manifest),
@@ -119,19 +111,14 @@ require_usable(val_source, name=cfg.data.val_manifest)  # before any step, not a
 
 # ---- optimizer: one group per component, each with its own peak LR
 run = Run(cfg, name="omni_sft", metric="mixed_acc", mode="max", force=args.force, trainable_only=True)
-groups = model.parameter_groups()
-lrs = {name: cfg.train.lr if getattr(cfg.group_lr, name) is None else getattr(cfg.group_lr, name) for name in groups}
 try:
-    # Decoupled weight decay would shrink the frozen rows of a row-masked embedding: embeddings are not decayed.
-    optimizer = adamw([{"params": ps, "lr": lrs[name], "name": name, **({"weight_decay": 0.0} if name == "embeddings"
-                                                                          else {})} for name, ps in groups.items()],
-                      lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = built.optimizer()
 except ValueError as e:
     raise SystemExit(f"{e}: unfreeze something (freeze_projectors=false, train_new_tokens=true, ...)") from None
-for name, ps in groups.items():
-    n = sum(p.numel() for p in ps if p.requires_grad)
-    rows = f" (rows {new_rows} only)" if name == "embeddings" and n and cfg.freeze_thinker else ""
-    run.info(f"group {name}: {n:,} trainable parameters{rows}" + (f", peak lr {lrs[name]:g}" if n else " (frozen)"))
+for group in built.param_groups["main"]:
+    name, n = group["name"], sum(p.numel() for p in group["params"] if p.requires_grad)
+    rows = f" (rows {new_token_rows()} only)" if name == "embeddings" and n and cfg.freeze_thinker else ""
+    run.info(f"group {name}: {n:,} trainable parameters{rows}" + (f", peak lr {group['lr']:g}" if n else " (frozen)"))
 run.info(f"media: {model.image_token_count if vision_cfg else 0} tokens per image ({cfg.model.image_tokens}), "
          f"audio at 12.5 tokens/s; val tasks {val_source.tasks}")
 # A micro-batch without images (or audio) leaves that encoder and projector without gradients, which DDP must be
@@ -202,16 +189,8 @@ if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning th
 raw = run.raw_model
 changed = {n: p.detach() for n, p in raw.named_parameters()
            if p.requires_grad or "_projector." in n or tensor_digest(p) != stage_digests[n]}
-configs = {"omni": to_dict(cfg.model), "thinker": to_dict(thinker_cfg)}
-for name in ("audio_encoder", "vision_encoder", "audio_projector", "vision_projector"):
-    module = getattr(raw, name)
-    if module is not None:
-        configs[name] = to_dict(module.encoder.cfg if name == "audio_encoder" else module.cfg)
-metrics = run.finish(evaluate, final_weights={
-    "omni_final.pt": {"model": changed, "config": configs, "tokenizer": TOKENIZER_FILE,
-                      "stage_weights": {"thinker": cfg.thinker_ckpt, "audio_encoder": cfg.audio_ckpt,
-                                        "vision_encoder": cfg.vision_ckpt}},
-})
+metrics = run.finish(evaluate, final_weights=sft_weights(raw, changed, stage_weights={
+    "thinker": cfg.thinker_ckpt, "audio_encoder": cfg.audio_ckpt, "vision_encoder": cfg.vision_ckpt}))
 if run.is_main:
     tokenizer.save(run.run_dir)
 print(" ".join(f"{k} {v:.3f}" for k, v in metrics.items()))

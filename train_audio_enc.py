@@ -26,14 +26,15 @@ from pathlib import Path
 
 from omni.atomic import atomic_write_text
 from omni.audio import spec_augment
-from omni.audio_encoder import AsrModel, AudioEncoder
-from omni.config import load_config, to_dict
+from omni.builders import build_audio
+from omni.components import audio_encoder_weights
+from omni.config import load_config
 from omni.ctc import CharVocab, ctc_loss, ctc_transcripts
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.data.speech import AsrSource, load_asr_records, normalize_transcript
 from omni.metrics import char_error_counts, word_error_counts
 from omni.stages import AudioStage
-from omni.training import Run, adamw
+from omni.training import Run
 from omni.training.distributed import barrier
 
 cfg, args = load_config(AudioStage, description=__doc__)
@@ -80,9 +81,8 @@ if unscorable:
 augment = {k: v for k, v in dataclasses.asdict(cfg.data.spec_augment).items() if k != "enabled"}
 
 # ---- model
-model = AsrModel(AudioEncoder(cfg.model.encoder), vocab_size=len(vocab), ctc_upsample=cfg.model.ctc_upsample)
-optimizer = adamw(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-model = run.setup(model, optimizer, train_set)
+built = build_audio(cfg, vocab_size=len(vocab))
+model = run.setup(built.model, built.optimizer(), train_set)
 
 
 def evaluate() -> dict:
@@ -129,9 +129,6 @@ if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning th
     sys.exit(0)
 
 # ---- save
-metrics = run.finish(evaluate, final_weights={
-    "audio_enc.pt": {"model": run.raw_model.state_dict(), "config": to_dict(cfg.model.encoder),
-                     "vocab": vocab.to_list(), "ctc_upsample": cfg.model.ctc_upsample,
-                     "n_mels": cfg.model.encoder.n_mels},
-})
+metrics = run.finish(evaluate, final_weights=audio_encoder_weights(
+    run.raw_model, cfg.model.encoder, vocab=vocab.to_list(), ctc_upsample=cfg.model.ctc_upsample))
 print(f"val_cer {metrics['val_cer']:.4f} val_wer {metrics['val_wer']:.4f}")

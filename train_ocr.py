@@ -16,14 +16,16 @@ import json
 import sys
 
 from omni.atomic import atomic_write_text
-from omni.config import load_config, to_dict
+from omni.builders import build_ocr
+from omni.components import ocr_weights
+from omni.config import load_config
 from omni.ctc import CharVocab, ctc_transcripts
 from omni.data.images import OcrSource, read_ocr_manifest
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.metrics import char_error_counts
 from omni.ocr import OcrModel
 from omni.stages import OcrStage
-from omni.training import Run, adamw
+from omni.training import Run
 
 cfg, args = load_config(OcrStage, description=__doc__)
 
@@ -60,9 +62,8 @@ run.info(f"data: {len(train_records)} training lines, {len(val_records)} validat
          f"{len(vocab) - 1} characters: {''.join(vocab.to_list())!r}")
 
 # ---- model
-model = OcrModel(cfg.model)
-optimizer = adamw(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-model = run.setup(model, optimizer, train_set)
+built = build_ocr(cfg)
+model = run.setup(built.model, built.optimizer(), train_set)
 
 
 def evaluate() -> dict:
@@ -99,8 +100,6 @@ if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning th
     sys.exit(0)
 
 # ---- save
-metrics = run.finish(evaluate, final_weights={
-    "ocr.pt": {"model": run.raw_model.state_dict(), "config": to_dict(cfg.model), "vocab": vocab.to_list(),
-               "max_width": cfg.data.max_width},
-})
+metrics = run.finish(evaluate, final_weights=ocr_weights(run.raw_model, cfg.model, vocab=vocab.to_list(),
+                                                            max_width=cfg.data.max_width))
 print(f"val_cer {metrics['val_cer']:.4f} val_exact_line_acc {metrics['val_exact_line_acc']:.4f}")

@@ -27,17 +27,18 @@ from pathlib import Path
 
 import torch
 
-from omni.codec import Codec, usage_perplexity
-from omni.config import load_config, to_dict
+from omni.builders import build_codec, build_talker
+from omni.codec import usage_perplexity
+from omni.components import CODEC_FILE, codec_weights, load_stage_model, talker_weights
+from omni.config import load_config
 from omni.data import fingerprint
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.data.speech import load_asr_records
 from omni.data.tts import SpeechClips, TalkerCodes, build_code_cache, code_cache_path, random_segments
-from omni.speech import CODEC_FILE, TALKER_FILE, load_component
 from omni.stages import TalkerStage
-from omni.talker import IGNORE_INDEX, Talker, code_accuracy, talker_targets
-from omni.tokenizer import TOKENIZER_FILE, Tokenizer
-from omni.training import Run, adamw
+from omni.talker import IGNORE_INDEX, code_accuracy, talker_targets
+from omni.tokenizer import Tokenizer
+from omni.training import Run
 from omni.training import checkpoint as ckpt
 from omni.training.distributed import barrier
 
@@ -52,8 +53,8 @@ def train_codec(c) -> None:
     val_source = SpeechClips(load_asr_records(c.data.val_manifest), n_mels=n_mels)
     run.info(f"data: {len(train_set)} training clips, {len(val_source)} validation clips")
     require_usable(val_source, name=c.data.val_manifest)
-    model = Codec(c.model)
-    model = run.setup(model, adamw(model, lr=c.train.lr, weight_decay=c.train.weight_decay), train_set)
+    built = build_codec(c)
+    model = run.setup(built.model, built.optimizer(), train_set)
 
     def evaluate() -> dict:
         sums, usage = {"l1": 0.0, "sq": 0.0, "values": 0.0}, torch.zeros(K, c.model.codebook_size, device=run.device)
@@ -88,9 +89,7 @@ def train_codec(c) -> None:
 
     if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning the same command resumes
         sys.exit(0)
-    metrics = run.finish(evaluate, final_weights={
-        CODEC_FILE: {"model": run.raw_model.state_dict(), "config": to_dict(c.model)},
-    })
+    metrics = run.finish(evaluate, final_weights=codec_weights(run.raw_model, c.model))
     print(f"codec val_recon_l1 {metrics['val_recon_l1']:.4f} val_recon_mse {metrics['val_recon_mse']:.4f} "
           + " ".join(f"val_ppl_cb{k} {metrics[f'val_ppl_cb{k}']:.1f}" for k in range(K)), flush=True)
 
@@ -118,7 +117,7 @@ def train_talker(t, codec_dir) -> None:
                                  "codec the run started with")
             run.info(f"WARNING (--force): {message}; keeping the codec the run started with")
     barrier()
-    codec, weights = load_component(codec_file, "codec", run.device)
+    codec, weights = load_stage_model(codec_file, "codec", run.device)
     for key in ("n_codebooks", "codebook_size"):
         if weights.config[key] != getattr(t.model, key):
             raise SystemExit(f"{codec_file} has {key}={weights.config[key]}, but talker.model.{key}="
@@ -146,8 +145,8 @@ def train_talker(t, codec_dir) -> None:
     require_usable(val_codes, name=t.data.val_manifest)
 
     # ---- model
-    model = Talker(t.model)
-    model = run.setup(model, adamw(model, lr=t.train.lr, weight_decay=t.train.weight_decay), train_set)
+    built = build_talker(t)
+    model = run.setup(built.model, built.optimizer(), train_set)
     if run.is_main:  # a resumed run whose data changed under it says so
         fingerprint.note_run_data(run.run_dir, {f"talker.data.{split}_manifest": fingerprint.content_digest(
             code_cache_path(run.run_dir, split)) for split in ("train", "val")}, resumed=run.step > 0, log=run.info)
@@ -195,10 +194,7 @@ def train_talker(t, codec_dir) -> None:
         sys.exit(0)
 
     # ---- save
-    metrics = run.finish(evaluate, final_weights={
-        TALKER_FILE: {"model": run.raw_model.state_dict(), "config": to_dict(t.model), "tokenizer": TOKENIZER_FILE,
-                      "codec": CODEC_FILE},
-    })
+    metrics = run.finish(evaluate, final_weights=talker_weights(run.raw_model, t.model))
     if run.is_main:
         tokenizer.save(run.run_dir)
     print(f"talker val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_acc']:.4f}", flush=True)

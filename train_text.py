@@ -10,15 +10,16 @@ import sys
 
 import torch
 
-from omni.config import load_config, to_dict
+from omni.builders import build_text
+from omni.components import thinker_weights
+from omni.config import load_config
 from omni.data import fingerprint
 from omni.data.resumable import ResumableDataset
 from omni.data.text import TokenWindows, build_token_cache, open_tokens, token_cache_path
 from omni.metrics import perplexity
 from omni.stages import TextStage
-from omni.thinker import Thinker
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer, train_tokenizer
-from omni.training import Run, adamw
+from omni.training import Run
 from omni.training.distributed import barrier
 
 cfg, args = load_config(TextStage, description=__doc__)
@@ -55,9 +56,8 @@ val_source = TokenWindows(val_tokens, cfg.data.seq_len, name=cfg.data.val_path) 
 run.info(f"corpus: {len(train_tokens):,} training tokens, {len(val_tokens):,} validation tokens")
 
 # ---- model
-model = Thinker(cfg.model)
-optimizer = adamw(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-model = run.setup(model, optimizer, train_set)
+built = build_text(cfg)
+model = run.setup(built.model, built.optimizer(), train_set)
 if run.is_main:  # a resumed run whose corpus changed under it says so
     fingerprint.note_run_data(run.run_dir, {"data.train_path": fingerprint.content_digest(train_cache),
                                             "data.val_path": fingerprint.content_digest(val_cache)},
@@ -93,9 +93,7 @@ if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning th
     sys.exit(0)
 
 # ---- save
-metrics = run.finish(evaluate, final_weights={
-    "thinker.pt": {"model": run.raw_model.state_dict(), "config": to_dict(cfg.model), "tokenizer": TOKENIZER_FILE},
-})
+metrics = run.finish(evaluate, final_weights=thinker_weights(run.raw_model, cfg.model))
 if run.is_main and cfg.data.tokenizer is not None:
     tokenizer.save(run.run_dir)
 print(f"val_ppl {metrics['val_ppl']:.3f}")

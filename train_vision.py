@@ -20,15 +20,15 @@ from pathlib import Path
 
 import torch
 
-from omni.config import from_dict, load_config, to_dict
-from omni.contrastive import ContrastiveModel, caption_retrieval
+from omni.builders import build_vision
+from omni.components import load_stage_model, vision_weights
+from omni.config import load_config
+from omni.contrastive import caption_retrieval
 from omni.data.images import ImageSource, label_names, read_image_manifest
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.stages import VisionStage
-from omni.thinker import Thinker, ThinkerConfig
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer
-from omni.training import Run, adamw
-from omni.training import checkpoint as ckpt
+from omni.training import Run
 
 cfg, args = load_config(VisionStage, description=__doc__)
 contrastive = cfg.model.objective == "contrastive"
@@ -49,13 +49,11 @@ if use_thinker:
     if not thinker_path.is_file():  # never a silent random text tower
         raise SystemExit(f"model.use_thinker_for_text: no Stage-A Thinker at data.thinker_ckpt={thinker_path}; "
                          "train it with train_text.py or point data.thinker_ckpt at its thinker.pt")
-    saved = ckpt.load(thinker_path)
-    thinker = Thinker(from_dict(ThinkerConfig, saved["config"], str(thinker_path)))
-    thinker.load_state_dict(saved["model"])
+    thinker, saved = load_stage_model(thinker_path, "thinker")  # frozen and kept in eval mode by ContrastiveModel
     if cfg.data.max_text_length > thinker.cfg.max_seq_len:
         raise SystemExit(f"data.max_text_length ({cfg.data.max_text_length}) exceeds the Thinker's max_seq_len "
                          f"({thinker.cfg.max_seq_len})")
-    thinker_tokenizer = thinker_path.parent / saved.get("tokenizer", TOKENIZER_FILE)
+    thinker_tokenizer = saved.tokenizer or thinker_path.parent / TOKENIZER_FILE
     tokenizer_path = tokenizer_path or thinker_tokenizer
 if contrastive:
     if tokenizer_path is None:
@@ -98,9 +96,8 @@ if use_thinker:
              f"{thinker.cfg.n_layers} layers); checkpoints hold only the trainable weights")
 
 # ---- model
-model = ContrastiveModel(cfg.model, thinker=thinker)
-optimizer = adamw(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-model = run.setup(model, optimizer, train_set)
+built = build_vision(cfg, thinker=thinker)
+model = run.setup(built.model, built.optimizer(), train_set)
 
 
 def evaluate_retrieval() -> dict:
@@ -160,12 +157,9 @@ if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning th
     sys.exit(0)
 
 # ---- save
-weights = {k: v for k, v in run.raw_model.state_dict().items() if not k.startswith("thinker.")}
-metrics = run.finish(evaluate, final_weights={
-    "vision.pt": {"model": weights, "config": to_dict(cfg.model), "labels": labels,
-                  "tokenizer": TOKENIZER_FILE if contrastive else None,
-                  "thinker": str(cfg.data.thinker_ckpt) if use_thinker else None},
-})
+metrics = run.finish(evaluate, final_weights=vision_weights(
+    run.raw_model, cfg.model, labels=labels, tokenizer=contrastive,
+    thinker=str(cfg.data.thinker_ckpt) if use_thinker else None))
 if run.is_main and tokenizer is not None:
     tokenizer.save(run.run_dir)
 print(" ".join(f"{k} {metrics[k]:.3f}" for k in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "val_acc") if k in metrics))

@@ -24,15 +24,15 @@ import sys
 
 import torch
 
-from omni.config import load_config, to_dict
+from omni.builders import build_vocoder
+from omni.components import vocoder_weights
+from omni.config import load_config
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.data.speech import load_asr_records
 from omni.data.tts import SpeechClips, random_segments
-from omni.speech import VOCODER_FILE
 from omni.stages import VocoderStage
-from omni.training import Run, adamw
+from omni.training import Run
 from omni.vocoder import (
-    HifiGanTrainModel,
     discriminator_loss,
     feature_matching_loss,
     frozen,
@@ -56,13 +56,8 @@ run.info(f"data: {len(train_set)} training clips (random {cfg.data.segment_frame
          f"{len(val_source)} validation clips")
 
 # ---- model: one module holds generator + discriminators; one optimizer per player
-model = HifiGanTrainModel(cfg.model)
-optimizers = {
-    "gen": adamw(model.generator, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=cfg.adam_betas),
-    "disc": adamw([{"params": [*model.mpd.parameters(), *model.msd.parameters()]}], lr=cfg.train.lr,
-                  weight_decay=cfg.train.weight_decay, betas=cfg.adam_betas),
-}
-model = run.setup(model, optimizers, train_set)
+built = build_vocoder(cfg)
+model = run.setup(built.model, built.optimizers(), train_set)
 griffin_lim_l1: dict[str, float] = {}  # per validation clip; deterministic, so computed once per process
 
 
@@ -125,7 +120,5 @@ if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning th
     sys.exit(0)
 
 # ---- save: the generator only; the discriminators and optimizers stay in the step checkpoints
-metrics = run.finish(evaluate, final_weights={
-    VOCODER_FILE: {"model": run.raw_model.generator.state_dict(), "config": to_dict(cfg.model)},
-})
+metrics = run.finish(evaluate, final_weights=vocoder_weights(run.raw_model.generator, cfg.model))
 print(f"val_mel_l1 {metrics['val_mel_l1']:.4f} griffin_lim {metrics['val_mel_l1_griffin_lim']:.4f}")

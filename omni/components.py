@@ -1,17 +1,31 @@
-"""The component registry: which final-weights file each stage writes, and which classes rebuild the component.
+"""Stage weights on disk: what each stage's final-weights file holds, written and read here only.
 
-Used by the export (omni/export_format.py) and by anything that loads stage weights by component name.
+Every stage script writes its final file through one function below (`thinker_weights`, ..., `sft_weights`,
+each returning {file name: payload} for `Run.finish(final_weights=...)`); everything that reads those files (the
+export, inference, speech, Stage C's frozen Thinker, Stage E's starting weights) reads them through
+`read_stage_weights` / `load_stage_model` / `read_sft`. The layout (unchanged since the files were first written):
+
+    thinker.pt    {"model": Thinker state, "config": ThinkerConfig, "tokenizer": "tokenizer.model" (beside it)}
+    audio_enc.pt  {"model": AsrModel state (encoder + CTC head), "config": AudioEncoderConfig, "vocab": CTC
+                   characters, "ctc_upsample": int, "n_mels": int}
+    vision.pt     {"model": ContrastiveModel state without a frozen Thinker (the ViT is "vision.*"), "config":
+                   ContrastiveConfig (the ViT's is config["vision"]), "labels", "tokenizer", "thinker"}
+    rvq_codec.pt  {"model": Codec state, "config": CodecConfig}
+    talker.pt     {"model": Talker state, "config": TalkerConfig, "tokenizer": file, "codec": "rvq_codec.pt"}
+    hifigan.pt    {"model": generator state, "config": VocoderConfig}
+    ocr.pt        {"model": OcrModel state, "config": OcrConfig, "vocab": characters, "max_width": int | None}
+    omni_final.pt {"model": the parameters Stage E changed, "<component>.<name>", "config": per component model
+                   configs ("omni": OmniConfig), "tokenizer": file, "stage_weights": the stage files the rest
+                   comes from}
 
 - `COMPONENTS` maps a component name (the tensor prefix in an export) to its stage's final-weights file and to the
-  module/model class/config class that rebuild it. A new component adds one entry; entries for modules that are
-  not written yet name the planned classes, and their authors correct the names when the module lands.
-- The final-weights convention: a dict with "model" (state dict of the raw module) and "config" (the model config
-  dataclass as a dict, shapes only), plus the extras the entry names (e.g. "vocab", the CTC character list).
-  Stage E (`omni_final.pt`) holds only the trained parameters, keyed by component prefix.
-- Files are read with `torch.load(weights_only=True)` (omni.training.checkpoint.load). When a component's classes
-  import, its config is checked strictly against the config dataclass (a stage config with LRs or data paths is
-  refused) and the weights are loaded strictly into a fresh model, so a mismatch is reported with the file named.
-  A component whose module does not exist yet is read unchecked.
+  module/model class/config class that rebuild it. A new component adds one entry. Its "config" is the model
+  config dataclass as a dict (shapes only), plus the extras the entry names (copied into an export's config.json).
+- A component's state is what its model class loads: vision.pt's ViT part is taken here (`vision_encoder_part`),
+  the only place that knows the "vision." prefix.
+- Files are read with `torch.load(weights_only=True)` (omni.training.checkpoint.load). The config is checked
+  strictly against the config dataclass (a stage config with LRs or data paths is refused) and the weights are
+  loaded strictly into a model built once from it, so a mismatch is reported with the file named.
 """
 
 from __future__ import annotations
@@ -25,10 +39,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from omni.config import ConfigError, from_dict
+from omni.config import ConfigError, from_dict, to_dict
 from omni.errors import InvalidInput
+from omni.tokenizer import TOKENIZER_FILE
 from omni.training.checkpoint import load as load_checkpoint
 
+THINKER_FILE = "thinker.pt"
+AUDIO_FILE = "audio_enc.pt"
+VISION_FILE = "vision.pt"
+CODEC_FILE = "rvq_codec.pt"
+TALKER_FILE = "talker.pt"
+VOCODER_FILE = "hifigan.pt"
+OCR_FILE = "ocr.pt"
 SFT_WEIGHTS_FILE = "omni_final.pt"  # Stage E: trainable-only parameters, keys prefixed by component
 
 
@@ -64,7 +86,7 @@ def _build_asr(module, section: dict) -> nn.Module:
     return module.AsrModel(encoder, vocab_size=len(CharVocab.from_list(section["vocab"])), **kwargs)
 
 
-def _vision_from_contrastive(state: dict, config: dict) -> tuple[dict, dict]:
+def vision_encoder_part(state: dict, config: dict) -> tuple[dict, dict]:
     """vision.pt holds the whole Stage-C model (ViT "vision.*" + text tower, projections, classifier); the export
     keeps the ViT, whose patch tokens Stage E projects (the rest only served the Stage-C objective)."""
     if not isinstance(config.get("vision"), dict):
@@ -72,20 +94,24 @@ def _vision_from_contrastive(state: dict, config: dict) -> tuple[dict, dict]:
     return {k.removeprefix("vision."): v for k, v in state.items() if k.startswith("vision.")}, config["vision"]
 
 
-# Every planned component, in export order. The projectors' module (omni/omni_model.py) is not written yet: their
-# entries name the planned classes, and the Stage-E author corrects them (or adds a `build`) when it lands.
+def vision_encoder_config(config: dict) -> dict:
+    """The ViT's config (dict) of a vision.pt "config" or a vision stage preset's "model" section."""
+    return vision_encoder_part({}, config)[1]
+
+
+# Every component, in export order. The projectors are born in Stage E: only omni_final.pt holds them.
 COMPONENTS: dict[str, Component] = {c.name: c for c in (
-    Component("thinker", "thinker.pt", "omni.thinker", "Thinker", "ThinkerConfig"),
-    Component("audio_encoder", "audio_enc.pt", "omni.audio_encoder", "AsrModel", "AudioEncoderConfig",
+    Component("thinker", THINKER_FILE, "omni.thinker", "Thinker", "ThinkerConfig"),
+    Component("audio_encoder", AUDIO_FILE, "omni.audio_encoder", "AsrModel", "AudioEncoderConfig",
               extras=("vocab",), optional_extras=("ctc_upsample",), build=_build_asr),
-    Component("vision_encoder", "vision.pt", "omni.vision_encoder", "VisionEncoder", "VisionConfig",
-              extract=_vision_from_contrastive),
+    Component("vision_encoder", VISION_FILE, "omni.vision_encoder", "VisionEncoder", "VisionConfig",
+              extract=vision_encoder_part),
     Component("audio_projector", None, "omni.omni_model", "Projector", "ProjectorConfig"),
     Component("vision_projector", None, "omni.omni_model", "Projector", "ProjectorConfig"),
-    Component("codec", "rvq_codec.pt", "omni.codec", "Codec", "CodecConfig"),
-    Component("talker", "talker.pt", "omni.talker", "Talker", "TalkerConfig"),
-    Component("vocoder", "hifigan.pt", "omni.vocoder", "Generator", "VocoderConfig"),
-    Component("ocr", "ocr.pt", "omni.ocr", "OcrModel", "OcrConfig", extras=("vocab",), optional_extras=("max_width",)),
+    Component("codec", CODEC_FILE, "omni.codec", "Codec", "CodecConfig"),
+    Component("talker", TALKER_FILE, "omni.talker", "Talker", "TalkerConfig"),
+    Component("vocoder", VOCODER_FILE, "omni.vocoder", "Generator", "VocoderConfig"),
+    Component("ocr", OCR_FILE, "omni.ocr", "OcrModel", "OcrConfig", extras=("vocab",), optional_extras=("max_width",)),
 )}
 
 
@@ -98,6 +124,7 @@ class StageWeights:
     state: dict[str, torch.Tensor]  # unprefixed state dict
     config: dict  # model config (shapes only)
     extras: dict  # registry extras, e.g. {"vocab": [...]}
+    tokenizer: Path | None = None  # the tokenizer file the stage wrote beside it (thinker.pt, talker.pt, vision.pt)
 
 
 def classes(component: Component) -> tuple[object, type, type]:
@@ -172,8 +199,9 @@ def _read(path: Path, what: str) -> dict:
     return data
 
 
-def read_stage_weights(path: str | Path, component: str) -> StageWeights:
-    """Read and check one stage's final weights (run dir or file). Errors name the file and key."""
+def read_stage_weights(path: str | Path, component: str, *, check: bool = True) -> StageWeights:
+    """Read one stage's final weights (run dir or file). check: also build the model and load them strictly (a
+    caller that builds the model itself passes False and loads strictly then). Errors name the file and key."""
     comp = COMPONENTS[component]
     if comp.weights_file is None:
         raise ExportError(f"{component} has no stage of its own: its weights come from {SFT_WEIGHTS_FILE}")
@@ -188,26 +216,61 @@ def read_stage_weights(path: str | Path, component: str) -> StageWeights:
         state, config = comp.extract(state, config)
         if not state:
             raise ExportError(f"{file}: no {component} tensors in 'model'")
-    weights = StageWeights(component, file, state, config, extras)
-    check_loads(weights)
+    tokenizer = file.parent / data["tokenizer"] if isinstance(data.get("tokenizer"), str) else None
+    weights = StageWeights(component, file, state, config, extras, tokenizer)
+    if check:
+        _build_loaded(weights)
     return weights
+
+
+def load_stage_model(path: str | Path, component: str, device: torch.device | str = "cpu"):
+    """(model in eval mode on `device`, StageWeights): the component built once from its file's config, with the
+    file's weights loaded strictly."""
+    weights = read_stage_weights(path, component, check=False)
+    return _build_loaded(weights).to(device).eval(), weights
+
+
+def stage_config(weights: StageWeights):
+    """The component's model config dataclass from its file (strict: unknown keys are an error naming the file)."""
+    _, _, config_class = classes(COMPONENTS[weights.component])
+    return from_dict(config_class, weights.config, where=f"{weights.source} 'config'")
+
+
+@dataclass
+class SftWeights:
+    """omni_final.pt as read (see the module docstring)."""
+
+    state: dict[str, torch.Tensor]  # the parameters Stage E changed, "<component>.<name>"
+    config: dict  # per component model configs, "omni": the OmniConfig
+    source: Path
+    stage_weights: dict  # component -> the stage file it was trained on (or None)
+    tokenizer: Path  # the tokenizer file beside it
+
+
+def read_sft(path: str | Path) -> SftWeights:
+    """Stage E's omni_final.pt (run dir or file)."""
+    file = find_weights(path, SFT_WEIGHTS_FILE, "Stage-E")
+    data = _read(file, "Stage-E checkpoint")
+    return SftWeights(dict(data["model"]), data["config"], file, dict(data.get("stage_weights") or {}),
+                      file.parent / (data.get("tokenizer") or TOKENIZER_FILE))
 
 
 def read_sft_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
     """Stage E: (trainable-only state with component prefixes, its config, the file)."""
-    file = find_weights(path, SFT_WEIGHTS_FILE, "Stage-E")
-    data = _read(file, "Stage-E checkpoint")
-    return dict(data["model"]), data["config"], file
+    sft = read_sft(path)
+    return sft.state, sft.config, sft.source
 
 
 def check_loads(weights: StageWeights) -> None:
-    """Build the component's model and load the weights strictly, when its classes exist (else nothing to check)."""
-    comp = COMPONENTS[weights.component]
-    if not available(comp):
-        return
+    """Build the component's model and load the weights strictly."""
+    _build_loaded(weights)
+
+
+def _build_loaded(weights: StageWeights) -> nn.Module:
     where = str(weights.source)
-    model = build_model(comp, {"config": weights.config, **weights.extras}, where)
+    model = build_model(COMPONENTS[weights.component], {"config": weights.config, **weights.extras}, where)
     load_state(model, weights.state, where, weights.component)
+    return model
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str, component: str) -> None:
@@ -215,3 +278,58 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str, com
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ExportError(f"{where}: the {component} weights do not fit its model: {e}") from None
+
+
+# ---- writing: one function per final-weights file, {file name: payload} for Run.finish(final_weights=...)
+def thinker_weights(model: nn.Module, config) -> dict[str, dict]:
+    """Stage A: the Thinker; its tokenizer is saved beside it as TOKENIZER_FILE."""
+    return {THINKER_FILE: {"model": model.state_dict(), "config": to_dict(config), "tokenizer": TOKENIZER_FILE}}
+
+
+def audio_encoder_weights(model: nn.Module, encoder_config, *, vocab: list[str], ctc_upsample: int) -> dict:
+    """Stage B: AsrModel (encoder + CTC head) with the CTC characters."""
+    return {AUDIO_FILE: {"model": model.state_dict(), "config": to_dict(encoder_config), "vocab": vocab,
+                         "ctc_upsample": ctc_upsample, "n_mels": encoder_config.n_mels}}
+
+
+def vision_weights(model: nn.Module, config, *, labels: list[str] | None, tokenizer: bool,
+                   thinker: str | None) -> dict:
+    """Stage C: the ContrastiveModel without its frozen Thinker (`thinker`: the file it reloads from, or None);
+    labels for the classifier; tokenizer: whether TOKENIZER_FILE is saved beside it."""
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("thinker.")}
+    return {VISION_FILE: {"model": state, "config": to_dict(config), "labels": labels,
+                          "tokenizer": TOKENIZER_FILE if tokenizer else None, "thinker": thinker}}
+
+
+def codec_weights(model: nn.Module, config) -> dict:
+    """Stage D, codec phase."""
+    return {CODEC_FILE: {"model": model.state_dict(), "config": to_dict(config)}}
+
+
+def talker_weights(model: nn.Module, config) -> dict:
+    """Stage D, Talker phase: its codec (CODEC_FILE) and tokenizer are saved beside it."""
+    return {TALKER_FILE: {"model": model.state_dict(), "config": to_dict(config), "tokenizer": TOKENIZER_FILE,
+                          "codec": CODEC_FILE}}
+
+
+def vocoder_weights(generator: nn.Module, config) -> dict:
+    """Vocoder: the generator only (the discriminators stay in the step checkpoints)."""
+    return {VOCODER_FILE: {"model": generator.state_dict(), "config": to_dict(config)}}
+
+
+def ocr_weights(model: nn.Module, config, *, vocab: list[str], max_width: int | None) -> dict:
+    """OCR: the recogniser, its characters and the width inference squeezes lines to."""
+    return {OCR_FILE: {"model": model.state_dict(), "config": to_dict(config), "vocab": vocab,
+                       "max_width": max_width}}
+
+
+def sft_weights(model: nn.Module, changed: dict[str, torch.Tensor], *, stage_weights: dict) -> dict:
+    """Stage E: the `changed` parameters of the OmniModel `model` (its component prefixes), the configs that
+    rebuild it, and the stage files (component -> path or None) the other parameters come from."""
+    configs = {"omni": to_dict(model.cfg), "thinker": to_dict(model.thinker.cfg)}
+    for name in ("audio_encoder", "vision_encoder", "audio_projector", "vision_projector"):
+        module = getattr(model, name)
+        if module is not None:
+            configs[name] = to_dict(module.encoder.cfg if name == "audio_encoder" else module.cfg)
+    return {SFT_WEIGHTS_FILE: {"model": changed, "config": configs, "tokenizer": TOKENIZER_FILE,
+                               "stage_weights": stage_weights}}

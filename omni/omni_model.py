@@ -89,9 +89,9 @@ class Projector(nn.Module):
 class AudioTower(nn.Module):
     """The AuT encoder under Stage B's parameter names (`encoder.*` of `AsrModel`), without the CTC head."""
 
-    def __init__(self, cfg: AudioEncoderConfig):
+    def __init__(self, encoder: AudioEncoder):
         super().__init__()
-        self.encoder = AudioEncoder(cfg)
+        self.encoder = encoder
 
     def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mel (N, T_mel, F), mel_lengths (N,) -> (features (N, L, E) at 12.5 Hz, lengths (N,))."""
@@ -130,29 +130,59 @@ def greedy_exact_match(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return hit.all(dim=1)
 
 
+def check_image_pool(cfg: OmniConfig, vision: VisionConfig) -> None:
+    grid = vision.image_size // vision.patch_size
+    if cfg.image_tokens == "pooled" and grid % cfg.image_pool:
+        raise ValueError(f"image_pool={cfg.image_pool} does not divide the {grid}x{grid} patch grid "
+                         f"(image_size={vision.image_size}, patch_size={vision.patch_size})")
+
+
 class OmniModel(nn.Module):
     """Thinker + optional AuT audio tower and ViT, each encoder with its MLP projector into the Thinker."""
 
-    def __init__(self, cfg: OmniConfig, *, thinker: ThinkerConfig, audio: AudioEncoderConfig | None = None,
-                 vision: VisionConfig | None = None):
+    def __init__(self, cfg: OmniConfig, *, thinker: Thinker, audio_encoder: AudioEncoder | None = None,
+                 vision_encoder: VisionEncoder | None = None, audio_projector: Projector | None = None,
+                 vision_projector: Projector | None = None):
+        """Assembled from built parts (e.g. loaded from their stage files); a missing projector of a given encoder
+        is born here (random). `from_configs` builds every part from its config instead."""
         super().__init__()
         self.cfg = cfg
-        self.thinker = Thinker(thinker)
-        hidden = cfg.projector_hidden or thinker.d_model
+        self.thinker = thinker
         self.audio_encoder = self.audio_projector = self.vision_encoder = self.vision_projector = None
-        if audio is not None:
-            self.audio_encoder = AudioTower(audio)
-            self.audio_projector = Projector(ProjectorConfig(audio.d_model, thinker.d_model, hidden))
-        if vision is not None:
-            grid = vision.image_size // vision.patch_size
-            if cfg.image_tokens == "pooled" and grid % cfg.image_pool:
-                raise ValueError(f"image_pool={cfg.image_pool} does not divide the {grid}x{grid} patch grid "
-                                 f"(image_size={vision.image_size}, patch_size={vision.patch_size})")
-            self.vision_encoder = VisionEncoder(vision)
-            self.vision_projector = Projector(ProjectorConfig(vision.d_model, thinker.d_model, hidden))
+        if audio_encoder is not None:
+            self.audio_encoder = AudioTower(audio_encoder)
+            self.audio_projector = audio_projector or self.new_projector(cfg, audio_encoder.cfg.d_model, thinker.cfg)
+        if vision_encoder is not None:
+            check_image_pool(cfg, vision_encoder.cfg)
+            self.vision_encoder = vision_encoder
+            self.vision_projector = vision_projector or self.new_projector(cfg, vision_encoder.cfg.d_model,
+                                                                           thinker.cfg)
+        for name, projector in (("audio_projector", audio_projector), ("vision_projector", vision_projector)):
+            if projector is not None and getattr(self, name) is None:
+                raise ValueError(f"{name} given without its encoder")
         # Rows of the token embedding that train while the Thinker is frozen (1.0) - see set_trainable.
-        self.register_buffer("embedding_row_mask", torch.ones(thinker.vocab_size, 1), persistent=False)
+        self.register_buffer("embedding_row_mask", torch.ones(thinker.cfg.vocab_size, 1), persistent=False)
         self._mask_hooks: list = []
+
+    @classmethod
+    def from_configs(cls, cfg: OmniConfig, *, thinker: ThinkerConfig, audio: AudioEncoderConfig | None = None,
+                     vision: VisionConfig | None = None) -> OmniModel:
+        """Every part built randomly from its config, in a fixed order (Thinker, audio encoder, its projector, ViT,
+        its projector), so a seeded build always gives the same weights."""
+        parts = {"thinker": Thinker(thinker)}
+        if audio is not None:
+            parts["audio_encoder"] = AudioEncoder(audio)
+            parts["audio_projector"] = cls.new_projector(cfg, audio.d_model, thinker)
+        if vision is not None:
+            check_image_pool(cfg, vision)
+            parts["vision_encoder"] = VisionEncoder(vision)
+            parts["vision_projector"] = cls.new_projector(cfg, vision.d_model, thinker)
+        return cls(cfg, **parts)
+
+    @staticmethod
+    def new_projector(cfg: OmniConfig, encoder_width: int, thinker: ThinkerConfig) -> Projector:
+        """A random projector from an encoder's width to the Thinker's (hidden: cfg.projector_hidden or D)."""
+        return Projector(ProjectorConfig(encoder_width, thinker.d_model, cfg.projector_hidden or thinker.d_model))
 
     # ------------------------------------------------------------------ media
     @property
@@ -222,16 +252,14 @@ class OmniModel(nn.Module):
     # ------------------------------------------------------------------ weights and freezing
     def load_stage_weights(self, *, thinker: dict, audio: dict | None = None, vision: dict | None = None) -> None:
         """Load the earlier stages' state dicts strictly: thinker.pt's, audio_enc.pt's (AsrModel: the `encoder.*`
-        part is taken, the CTC head left out) and the ViT's (a bare VisionEncoder's or, from Stage C's
-        ContrastiveModel, its `vision.*` part)."""
+        part is taken, the CTC head left out) and a bare VisionEncoder's (omni.components reads vision.pt's ViT
+        part)."""
         self.thinker.load_state_dict(thinker)
         if (audio is None) != (self.audio_encoder is None) or (vision is None) != (self.vision_encoder is None):
             raise ValueError("give stage weights for exactly the encoders this model has")
         if audio is not None:
             self.audio_encoder.load_state_dict({k: v for k, v in audio.items() if k.startswith("encoder.")})
         if vision is not None:
-            if any(k.startswith("vision.") for k in vision):
-                vision = {k[len("vision."):]: v for k, v in vision.items() if k.startswith("vision.")}
             self.vision_encoder.load_state_dict(vision)
 
     def set_trainable(self, *, thinker: bool, audio_encoder: bool, vision_encoder: bool, projectors: bool,

@@ -10,7 +10,7 @@ model, report the CER.
 
 Design choices
 - Weights are the stages' final files (`talker.pt` with the `rvq_codec.pt` and `tokenizer.model` beside it,
-  `hifigan.pt`, `audio_enc.pt`), read through the component registry (omni.components), so the checks the export
+  `hifigan.pt`, `audio_enc.pt`), each built once by omni.components.load_stage_model, so the checks the export
   applies (strict config, strict weights) apply here too.
 - The vocoder is HiFi-GAN when `hifigan.pt` exists and Griffin-Lim otherwise; the fallback is logged. A missing or
   unfinished vocoder run never yields a randomly initialised generator: only the final weights file counts.
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from omni.audio import MIN_SAMPLES, SAMPLE_RATE, LogMel
-from omni.components import COMPONENTS, build_model, load_state, read_stage_weights
+from omni.components import CODEC_FILE, TALKER_FILE, VOCODER_FILE, load_stage_model
 from omni.ctc import CharVocab, ctc_transcripts
 from omni.data.manifest import read_jsonl
 from omni.data.speech import load_asr_records
@@ -42,18 +42,6 @@ from omni.metrics import char_error_counts, word_error_counts
 from omni.text_frontend import normalize_transcript, talker_text_ids
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer
 from omni.vocoder import griffin_lim
-
-CODEC_FILE = "rvq_codec.pt"
-TALKER_FILE = "talker.pt"
-VOCODER_FILE = "hifigan.pt"
-
-
-def load_component(path: str | Path, name: str, device: torch.device | str = "cpu"):
-    """(model in eval mode on `device`, StageWeights) of a stage's final weights (a run dir or the file)."""
-    weights = read_stage_weights(path, name)
-    model = build_model(COMPONENTS[name], {"config": weights.config, **weights.extras}, str(weights.source))
-    load_state(model, weights.state, str(weights.source), name)
-    return model.to(device).eval(), weights
 
 
 class Vocoder:
@@ -72,7 +60,7 @@ class Vocoder:
         if file is None or not file.is_file():
             log(f"no vocoder weights{'' if file is None else f' at {file}'}: using the Griffin-Lim fallback")
             return cls()
-        generator, _ = load_component(file, "vocoder", device)
+        generator, _ = load_stage_model(file, "vocoder", device)
         log(f"vocoder: HiFi-GAN from {file}")
         return cls(generator)
 
@@ -108,8 +96,8 @@ class SpeechSynthesizer:
                          **kwargs) -> SpeechSynthesizer:
         """talker_dir holds talker.pt, rvq_codec.pt and tokenizer.model (what train_talker.py writes); vocoder is a
         vocoder run dir or hifigan.pt (None or missing: Griffin-Lim)."""
-        talker, _ = load_component(Path(talker_dir) / TALKER_FILE, "talker", device)
-        codec, _ = load_component(Path(talker_dir) / CODEC_FILE, "codec", device)
+        talker, _ = load_stage_model(Path(talker_dir) / TALKER_FILE, "talker", device)
+        codec, _ = load_stage_model(Path(talker_dir) / CODEC_FILE, "codec", device)
         tok = Tokenizer.load(tokenizer or Path(talker_dir) / TOKENIZER_FILE)
         return cls(tok, talker, codec, Vocoder.load(vocoder, device, log), **kwargs)
 
@@ -147,7 +135,7 @@ class Transcriber:
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Transcriber:
         """path: a Stage-B run dir or its audio_enc.pt."""
-        model, weights = load_component(path, "audio_encoder", device)
+        model, weights = load_stage_model(path, "audio_encoder", device)
         return cls(model, CharVocab.from_list(weights.extras["vocab"]), weights.config["n_mels"])
 
     @torch.no_grad()

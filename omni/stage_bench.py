@@ -1,7 +1,7 @@
 """One synthetic training step per stage, for benchmarks and memory checks (scripts/bench.py, measure_memory.py).
 
 `build_stage(key, config_dir, device)` reads the stage's `<config_dir>/*_tiny.json`, builds the stage's model and
-AdamW exactly as the stage script does (same classes, same `adamw` helper, same precision, gradient checkpointing
+AdamW with the stage script's own builder (omni.builders; same precision, gradient checkpointing
 and torch.compile as its train section sets them) and returns a `StageStep` whose `step()` runs one full training
 step (forward, loss, backward, optimizer step) on fixed random tensors of the shapes the stage trains on. Random
 inputs measure the model and optimizer only; data loading is measured separately (scripts/bench.py, Stage A). What
@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from omni import builders
 from omni.config import load_config_file
-from omni.training import adamw
 from omni.training.run import AMP_DTYPES
 
 # Synthetic sizes the configs leave open (see the module docstring).
@@ -104,13 +104,13 @@ def _cfg_path(config_dir: Path, name: str) -> str:
 
 def _thinker(config_dir, device, batch_size, overrides):
     from omni.stages import TextStage
-    from omni.thinker import Thinker
 
     path = _cfg_path(config_dir, "thinker_tiny.json")
     cfg = load_config_file(TextStage, path, overrides)
-    model = Thinker(cfg.model).to(device)
+    built = builders.build_text(cfg)
+    model = built.model.to(device)
     net = _wrap(model, cfg.train)
-    opt = adamw(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    opt = built.optimizer()
     B, T = batch_size or cfg.train.batch_size, cfg.data.seq_len
     tokens = torch.randint(0, cfg.model.vocab_size, (B, T + 1), device=device)
     step = _train_step(model, [opt], device, cfg.train.precision,
@@ -126,15 +126,15 @@ def _audio_encoder(config_dir, device, batch_size, overrides):
     import dataclasses
 
     from omni.audio import spec_augment
-    from omni.audio_encoder import AsrModel, AudioEncoder, ctc_loss
+    from omni.ctc import ctc_loss
     from omni.stages import AudioStage
 
     path = _cfg_path(config_dir, "audio_enc_tiny.json")
     cfg = load_config_file(AudioStage, path, overrides)
-    model = AsrModel(AudioEncoder(cfg.model.encoder), vocab_size=CTC_VOCAB,
-                     ctc_upsample=cfg.model.ctc_upsample).to(device)
+    built = builders.build_audio(cfg, vocab_size=CTC_VOCAB)
+    model = built.model.to(device)
     net = _wrap(model, cfg.train)
-    opt = adamw(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    opt = built.optimizer()
     B, T = batch_size or cfg.train.batch_size, cfg.data.max_mel_length or SPEECH_MEL_FRAMES
     mel = torch.randn(B, T, cfg.model.encoder.n_mels, device=device)
     mel_lengths = torch.full((B,), T, dtype=torch.long, device=device)
@@ -152,7 +152,6 @@ def _audio_encoder(config_dir, device, batch_size, overrides):
 
 
 def _vision(config_dir, device, batch_size, overrides):
-    from omni.contrastive import ContrastiveModel
     from omni.stages import VisionStage
 
     path = _cfg_path(config_dir, "vision_tiny.json")
@@ -163,9 +162,10 @@ def _vision(config_dir, device, batch_size, overrides):
         from omni.stages import TextStage
         thinker = load_config_file(TextStage, _cfg_path(config_dir, "thinker_tiny.json")).model
         cfg.model.text.vocab_size = thinker.vocab_size
-    model = ContrastiveModel(cfg.model).to(device)
+    built = builders.build_vision(cfg)
+    model = built.model.to(device)
     net = _wrap(model, cfg.train)
-    opt = adamw(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    opt = built.optimizer()
     B, S, L = batch_size or cfg.train.batch_size, cfg.model.vision.image_size, cfg.data.max_text_length
     images = torch.randn(B, 3, S, S, device=device)
     ids = torch.randint(8, cfg.model.text.vocab_size, (B, L), device=device)
@@ -183,9 +183,10 @@ def _ocr(config_dir, device, batch_size, overrides):
     cfg = load_config_file(OcrStage, path, overrides)
     if cfg.model.vocab_size == 0:  # 0 = taken from the training texts by train_ocr.py
         cfg.model.vocab_size = OCR_VOCAB
-    model = OcrModel(cfg.model).to(device)
+    built = builders.build_ocr(cfg)
+    model = built.model.to(device)
     net = _wrap(model, cfg.train)
-    opt = adamw(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    opt = built.optimizer()
     B, H = batch_size or cfg.train.batch_size, cfg.model.height
     W = cfg.data.max_width or OcrModel.width_stride * cfg.model.max_frames
     images = torch.rand(B, 1, H, W, device=device)
@@ -198,14 +199,14 @@ def _ocr(config_dir, device, batch_size, overrides):
 
 
 def _codec(config_dir, device, batch_size, overrides):
-    from omni.codec import Codec
     from omni.stages import TalkerStage
 
     path = _cfg_path(config_dir, "talker_tiny.json")
     c = load_config_file(TalkerStage, path, overrides).codec
-    model = Codec(c.model).to(device)
+    built = builders.build_codec(c)
+    model = built.model.to(device)
     net = _wrap(model, c.train)
-    opt = adamw(model, lr=c.train.lr, weight_decay=c.train.weight_decay)
+    opt = built.optimizer()
     B, T = batch_size or c.train.batch_size, c.data.crop_frames
     mel = torch.randn(B, T, c.model.n_mels, device=device) * c.model.mel_std + c.model.mel_mean
     lengths = torch.full((B,), T, dtype=torch.long, device=device)
@@ -216,13 +217,13 @@ def _codec(config_dir, device, batch_size, overrides):
 
 def _talker(config_dir, device, batch_size, overrides):
     from omni.stages import TalkerStage
-    from omni.talker import Talker
 
     path = _cfg_path(config_dir, "talker_tiny.json")
     t = load_config_file(TalkerStage, path, overrides).talker
-    model = Talker(t.model).to(device)
+    built = builders.build_talker(t)
+    model = built.model.to(device)
     net = _wrap(model, t.train)
-    opt = adamw(model, lr=t.train.lr, weight_decay=t.train.weight_decay)
+    opt = built.optimizer()
     B, T = batch_size or t.train.batch_size, TALKER_TEXT_TOKENS
     F = round(SPEECH_MEL_FRAMES / 8)  # code frames of a 2 s clip at 12.5 Hz
     text = torch.randint(8, t.model.text_vocab_size, (B, T), device=device)
@@ -240,16 +241,15 @@ def _vocoder(config_dir, device, batch_size, overrides):
     from omni.stages import VocoderStage
     from omni.vocoder import (discriminator_loss, feature_matching_loss, frozen, generator_adversarial_loss,
                               mel_l1_loss)
-    from omni.vocoder import HifiGanTrainModel
 
     path = _cfg_path(config_dir, "vocoder_tiny.json")
     cfg = load_config_file(VocoderStage, path, overrides)
-    model = HifiGanTrainModel(cfg.model).to(device)
+    built = builders.build_vocoder(cfg)
+    model = built.model.to(device)
     net = _wrap(model, cfg.train)
     t = cfg.train
-    gen = adamw(model.generator, lr=t.lr, weight_decay=t.weight_decay, betas=cfg.adam_betas)
-    disc = adamw([{"params": [*model.mpd.parameters(), *model.msd.parameters()]}], lr=t.lr,
-                 weight_decay=t.weight_decay, betas=cfg.adam_betas)
+    optimizers = built.optimizers()
+    gen, disc = optimizers["gen"], optimizers["disc"]
     B, T = batch_size or t.batch_size, cfg.data.segment_frames
     mel = torch.randn(B, T, cfg.model.n_mels, device=device) - 5.0
     wav = torch.randn(B, T * HOP_LENGTH, device=device) * 0.1
@@ -286,27 +286,19 @@ def _omni_sft(config_dir, device, batch_size, overrides):
     from omni.audio_encoder import AudioEncoderConfig
     from omni.omni_model import AUDIO_TOKEN_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, OmniModel
     from omni.stages import AudioStage, SftStage, TextStage, VisionStage
-    from omni.tokenizer import AUDIO, IM_END, IM_START, IMAGE, SPECIAL_TOKENS
+    from omni.tokenizer import SPECIAL_TOKENS
 
     path = _cfg_path(config_dir, "omni_sft_tiny.json")
-    # The rows sft_omni.py trains with a frozen Thinker; special ids are fixed by omni.tokenizer.
-    CHAT_AND_MEDIA_IDS = [SPECIAL_TOKENS.index(t) for t in (IM_START, IM_END, IMAGE, AUDIO)]
     cfg = load_config_file(SftStage, path, overrides)
     # The component shapes are those the earlier stages' tiny configs train (sft_omni.py reads them from the
     # stage checkpoints, which a benchmark does not need).
     thinker = load_config_file(TextStage, _cfg_path(config_dir, "thinker_tiny.json")).model
     audio: AudioEncoderConfig = load_config_file(AudioStage, _cfg_path(config_dir, "audio_enc_tiny.json")).model.encoder
     vision = load_config_file(VisionStage, _cfg_path(config_dir, "vision_tiny.json")).model.vision
-    model = OmniModel(cfg.model, thinker=thinker, audio=audio, vision=vision)
-    model.set_trainable(thinker=not cfg.freeze_thinker, audio_encoder=not cfg.freeze_audio_encoder,
-                        vision_encoder=not cfg.freeze_vision_encoder, projectors=not cfg.freeze_projectors,
-                        embedding_rows=CHAT_AND_MEDIA_IDS if cfg.train_new_tokens else ())
-    model.to(device)
+    built = builders.build_sft(cfg, thinker=thinker, audio=audio, vision=vision)
+    model = built.model.to(device)
     net = _wrap(model, cfg.train)
-    groups = model.parameter_groups()
-    lrs = {n: cfg.train.lr if getattr(cfg.group_lr, n) is None else getattr(cfg.group_lr, n) for n in groups}
-    opt = adamw([{"params": ps, "lr": lrs[n], **({"weight_decay": 0.0} if n == "embeddings" else {})}
-                 for n, ps in groups.items()], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    opt = built.optimizer()
     B, T = batch_size or cfg.train.batch_size, SFT_SEQ_LEN
     n_image, n_audio = model.image_token_count, OmniModel.audio_token_count(SPEECH_MEL_FRAMES)
     if 1 + n_image + n_audio + SFT_ANSWER_TOKENS > T:

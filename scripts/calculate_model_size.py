@@ -38,25 +38,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from omni import builders  # noqa: E402
 from omni.audio import encoder_frames  # noqa: E402
-from omni.audio_encoder import AsrModel, AudioEncoder, AudioEncoderConfig  # noqa: E402
-from omni.codec import Codec  # noqa: E402
+from omni.audio_encoder import AudioEncoderConfig  # noqa: E402
+from omni.components import vision_encoder_config  # noqa: E402
 from omni.config import from_dict, load_config_file  # noqa: E402
-from omni.contrastive import ContrastiveModel  # noqa: E402
 from omni.ocr import OcrModel  # noqa: E402
-from omni.omni_model import OmniModel  # noqa: E402
 from omni.stages import STAGE_CLASSES, STAGE_OF_PREFIX, detect_stage  # noqa: E402
-from omni.talker import Talker  # noqa: E402
 from omni.thinker import Thinker, ThinkerConfig  # noqa: E402
 from omni.vision_encoder import VisionConfig  # noqa: E402
-from omni.vocoder import HifiGanTrainModel  # noqa: E402
 
 ASSUMED_CHARS = 32  # a character vocabulary (letters, digits, punctuation, blank) when no transcripts are at hand
 ASSUMED_AUDIO_SECONDS = 15.0  # clip length for the activation estimate when data.max_mel_length is null
 ACTIVATION_FACTOR = 24
 CONV_FACTOR = 3  # a conv layer stores its input and its activation's input (+ a residual)
-# Stage E: index of the chat/media special tokens whose embedding rows train with a frozen Thinker (4 of them).
-N_NEW_TOKENS = 4
 
 
 @dataclass
@@ -134,19 +129,18 @@ def char_vocab(manifest: str, normalize: bool) -> int | None:
 
 
 def build(stage: str, cfg, path: Path, args, device: str = "meta") -> tuple[dict[str, torch.nn.Module], list[str]]:
-    """The models the stage script trains, built on `device` (meta: shapes only), and notes on the assumptions made.
-    """
+    """The models the stage script trains, built on `device` (meta: shapes only) by the stage's own builder
+    (omni.builders), and notes on the assumptions made."""
     notes = []
     with torch.device(device):
         if stage == "text":
-            return {"thinker": Thinker(cfg.model)}, notes
+            return {"thinker": builders.build_text(cfg).model}, notes
         if stage == "audio":
             vocab = char_vocab(cfg.data.train_manifest, normalize=True)
             if vocab is None:
                 vocab = ASSUMED_CHARS
                 notes.append(f"CTC vocabulary assumed {ASSUMED_CHARS} characters ({cfg.data.train_manifest} absent)")
-            return {"asr": AsrModel(AudioEncoder(cfg.model.encoder), vocab_size=vocab,
-                                    ctc_upsample=cfg.model.ctc_upsample)}, notes
+            return {"asr": builders.build_audio(cfg, vocab_size=vocab).model}, notes
         if stage == "ocr":
             if cfg.model.vocab_size == 0:
                 vocab = char_vocab(cfg.data.train_manifest, normalize=False)
@@ -154,7 +148,7 @@ def build(stage: str, cfg, path: Path, args, device: str = "meta") -> tuple[dict
                     vocab = ASSUMED_CHARS
                     notes.append(f"OCR vocabulary assumed {ASSUMED_CHARS} characters")
                 cfg.model.vocab_size = vocab
-            return {"ocr": OcrModel(cfg.model)}, notes
+            return {"ocr": builders.build_ocr(cfg).model}, notes
         if stage == "vision":
             thinker = None
             m = cfg.model
@@ -164,12 +158,13 @@ def build(stage: str, cfg, path: Path, args, device: str = "meta") -> tuple[dict
                     thinker = Thinker(thinker_cfg)
                 else:
                     m.text.vocab_size = tokenizer_vocab(cfg.data.tokenizer) or thinker_cfg.vocab_size
-            return {"vision": ContrastiveModel(m, thinker=thinker)}, notes
+            return {"vision": builders.build_vision(cfg, thinker=thinker).model}, notes
         if stage == "talker":
-            return {"codec": Codec(cfg.codec.model), "talker": Talker(cfg.talker.model)}, notes
+            return {"codec": builders.build_codec(cfg.codec).model,
+                    "talker": builders.build_talker(cfg.talker).model}, notes
         if stage == "vocoder":
             notes.append("activation estimate covers the generator only, not the MPD/MSD discriminators")
-            return {"vocoder": HifiGanTrainModel(cfg.model)}, notes
+            return {"vocoder": builders.build_vocoder(cfg).model}, notes
         thinker_cfg = thinker_config(cfg.thinker_ckpt, path, args, notes)
         audio_cfg = vision_cfg = None
         if cfg.audio_ckpt is not None:
@@ -177,14 +172,11 @@ def build(stage: str, cfg, path: Path, args, device: str = "meta") -> tuple[dict
             audio_cfg = from_dict(AudioEncoderConfig, audio_cfg.get("encoder", audio_cfg), "audio encoder")
         if cfg.vision_ckpt is not None:
             vision_cfg = stage_part(cfg.vision_ckpt, args.vision_config, path, "vision", notes)
-            vision_cfg = from_dict(VisionConfig, vision_cfg.get("vision", vision_cfg), "vision encoder")
-        model = OmniModel(cfg.model, thinker=thinker_cfg, audio=audio_cfg, vision=vision_cfg)
-        model.set_trainable(thinker=not cfg.freeze_thinker, audio_encoder=not cfg.freeze_audio_encoder,
-                            vision_encoder=not cfg.freeze_vision_encoder, projectors=not cfg.freeze_projectors,
-                            embedding_rows=range(N_NEW_TOKENS) if cfg.train_new_tokens else ())
+            vision_cfg = from_dict(VisionConfig, vision_encoder_config(vision_cfg), "vision encoder")
+        model = builders.build_sft(cfg, thinker=thinker_cfg, audio=audio_cfg, vision=vision_cfg).model
         if cfg.freeze_thinker and cfg.train_new_tokens:
-            notes.append(f"the embedding counts as trainable (as in the run log) though only {N_NEW_TOKENS} rows "
-                         "change")
+            notes.append(f"the embedding counts as trainable (as in the run log) though only "
+                         f"{len(builders.new_token_rows())} rows change")
         return {"omni": model}, notes
 
 

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from omni.builders import build_sft
 from omni.config import load_config_file
 from omni.data.text import read_documents
 from omni.omni_model import OmniModel
 from omni.stages import STAGE_CLASSES, STAGE_OF_PREFIX, AudioStage, SftStage, TextStage, detect_stage
 from omni.thinker import Thinker
-from omni.tokenizer import Tokenizer, train_tokenizer
+from omni.tokenizer import AUDIO, IM_END, IM_START, IMAGE, SPECIAL_TOKENS, Tokenizer, train_tokenizer
 from tests.conftest import REPO
 
 
@@ -62,14 +63,31 @@ def test_counts_match_models_built_as_the_stage_scripts_build_them():
     sft = load_config_file(SftStage, sft_path)
     shapes = {name: load_config_file(STAGE_CLASSES[stage], REPO / f"configs/{name}_tiny.json").model
               for name, stage in (("thinker", "text"), ("audio_enc", "audio"), ("vision", "vision"))}
-    model = OmniModel(sft.model, thinker=shapes["thinker"], audio=shapes["audio_enc"].encoder,
-                      vision=shapes["vision"].vision)
+    model = OmniModel.from_configs(sft.model, thinker=shapes["thinker"], audio=shapes["audio_enc"].encoder,
+                                   vision=shapes["vision"].vision)
     model.set_trainable(thinker=False, audio_encoder=False, vision_encoder=False, projectors=True,
                         embedding_rows=[4, 5, 6, 7])
     report = sizes.analyse(sft_path)
     assert report.total == sum(p.numel() for p in model.parameters())
     assert report.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad) < report.total
 
+
+
+def test_sft_size_is_the_model_the_sft_builder_returns():
+    """calculate_model_size's Stage E is sft_omni.py's: the same trainable count and the same embedding rows train
+    with a frozen Thinker (the chat/media tokens <|im_start|> <|im_end|> <image> <audio>, not pad/unk/bos/eos)."""
+    sft_path = REPO / "configs/omni_sft_stages/omni_sft_e1.json"  # frozen Thinker + train_new_tokens
+    sft = load_config_file(SftStage, sft_path)
+    assert sft.freeze_thinker and sft.train_new_tokens
+    args = sizes.parse_args([str(sft_path)])
+    counted, _ = sizes.build("sft", sft, sft_path, args, device="cpu")
+    omni = counted["omni"]
+    built = build_sft(sft, thinker=omni.thinker.cfg, audio=omni.audio_encoder.encoder.cfg,
+                      vision=omni.vision_encoder.cfg)
+    assert sizes.analyse(sft_path).trainable == built.trainable() > 0
+    rows = omni.embedding_row_mask[:, 0].nonzero()[:, 0].tolist()
+    assert rows == built.model.embedding_row_mask[:, 0].nonzero()[:, 0].tolist() == [
+        SPECIAL_TOKENS.index(t) for t in (IM_START, IM_END, IMAGE, AUDIO)]
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_every_shipped_config_loads_strictly_and_reports_a_size(path):

@@ -43,8 +43,8 @@ def tiny(tmp_path_factory, text_corpus):
     audio = AudioEncoderConfig(n_mels=N_MELS, d_model=16, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=32,
                                conv_channels=4)
     vision = VisionConfig(image_size=16, patch_size=4, d_model=16, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=32)
-    model = OmniModel(OmniConfig(projector_hidden=24, image_tokens="pooled"),  # the export must keep the mode
-                      thinker=thinker, audio=audio, vision=vision)
+    model = OmniModel.from_configs(OmniConfig(projector_hidden=24, image_tokens="pooled"),  # export keeps the mode
+                                   thinker=thinker, audio=audio, vision=vision)
     atomic_save({"model": model.thinker.state_dict(), "config": to_dict(thinker), "tokenizer": "tokenizer.model"},
                 root / "thinker" / "thinker.pt")
     asr = AsrModel(model.audio_encoder.encoder, vocab_size=len(CHARS) + 1, ctc_upsample=2)

@@ -6,8 +6,10 @@ import torch.nn.functional as F
 
 from omni.audio_encoder import AsrModel, AudioEncoder, AudioEncoderConfig
 from omni.chat import AUDIO_TOKEN_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, expand_placeholders, sft_targets
+from omni.components import vision_encoder_part
+from omni.config import to_dict
 from omni.omni_model import OmniConfig, OmniModel, greedy_exact_match
-from omni.thinker import ThinkerConfig
+from omni.thinker import Thinker, ThinkerConfig
 from omni.training import adamw
 from omni.vision_encoder import VisionConfig, VisionEncoder
 
@@ -21,7 +23,7 @@ NEW_ROWS = [4, 5, 6, 7]
 
 def model(**kwargs) -> OmniModel:
     torch.manual_seed(0)
-    return OmniModel(OmniConfig(**kwargs), thinker=THINKER, audio=AUDIO, vision=VISION)
+    return OmniModel.from_configs(OmniConfig(**kwargs), thinker=THINKER, audio=AUDIO, vision=VISION)
 
 
 def conversation(n_image: int, n_audio: list[int], answer=(20, 21)):
@@ -143,7 +145,7 @@ def test_freeze_flags_grads_optimizer_and_eval_mode():
 def test_new_token_rows_train_and_every_other_row_stays_bitwise(tied):
     torch.manual_seed(0)
     cfg = ThinkerConfig(**{**THINKER.__dict__, "tie_embeddings": tied})
-    m = OmniModel(OmniConfig(image_tokens="pooled"), thinker=cfg, audio=AUDIO, vision=VISION)
+    m = OmniModel.from_configs(OmniConfig(image_tokens="pooled"), thinker=cfg, audio=AUDIO, vision=VISION)
     before = [w.detach().clone() for w in m.embedding_matrices()]
     m.set_trainable(thinker=False, audio_encoder=False, vision_encoder=False, projectors=True,
                     embedding_rows=NEW_ROWS)
@@ -188,15 +190,41 @@ def test_load_stage_weights_takes_the_encoder_parts():
     asr = AsrModel(AudioEncoder(AUDIO), vocab_size=12).state_dict()  # encoder.* + head.*
     vit = {f"vision.{k}": v for k, v in VisionEncoder(VISION).state_dict().items()}  # Stage C ContrastiveModel
     vit["temperature"] = torch.tensor(1.0)
-    m.load_stage_weights(thinker=thinker, audio=asr, vision=vit)
+    bare, vit_cfg = vision_encoder_part(vit, {"vision": to_dict(VISION), "objective": "contrastive"})  # vision.pt
+    assert vit_cfg == to_dict(VISION) and "temperature" not in bare
+    m.load_stage_weights(thinker=thinker, audio=asr, vision=bare)
     assert torch.equal(m.audio_encoder.encoder.layers[0].mlp.gate_proj.weight,
                        asr["encoder.layers.0.mlp.gate_proj.weight"])
     assert torch.equal(m.vision_encoder.pos_embed, vit["vision.pos_embed"])
     assert torch.equal(m.thinker.norm.weight, thinker["norm.weight"])
-    bare = {k[len("vision."):]: v for k, v in vit.items() if k.startswith("vision.")}
-    m.load_stage_weights(thinker=thinker, audio=asr, vision=bare)  # a bare VisionEncoder state works too
+    assert vision_encoder_part(bare, vit_cfg) == (bare, vit_cfg)  # a bare VisionEncoder file is taken as it is
     with pytest.raises(RuntimeError, match="Missing key"):
         m.load_stage_weights(thinker=thinker, audio={"head.proj.weight": torch.zeros(1)}, vision=bare)
     # Parameter names carry the export's component prefixes.
     assert {n.split(".")[0] for n, _ in m.named_parameters()} == {
         "thinker", "audio_encoder", "vision_encoder", "audio_projector", "vision_projector"}
+
+
+def test_assembled_from_built_parts():
+    """The parts given are the model's own modules (no random copy swapped out); only missing projectors are born."""
+    thinker, vit = Thinker(THINKER), VisionEncoder(VISION)
+    encoder = AudioEncoder(AUDIO)
+    projector = OmniModel.new_projector(OmniConfig(), VISION.d_model, THINKER)
+    m = OmniModel(OmniConfig(), thinker=thinker, audio_encoder=encoder, vision_encoder=vit, vision_projector=projector)
+    assert m.thinker is thinker and m.audio_encoder.encoder is encoder and m.vision_encoder is vit
+    assert m.vision_projector is projector and m.audio_projector.fc1.in_features == AUDIO.d_model
+    with pytest.raises(ValueError, match="audio_projector given without its encoder"):
+        OmniModel(OmniConfig(), thinker=thinker, audio_projector=projector)
+
+
+def test_from_configs_keeps_the_seeded_init():
+    """from_configs builds Thinker, audio encoder, its projector, ViT, its projector in this order from the RNG, the
+    order Stage E's seeded start has always used."""
+    m = model()  # seeds 0
+    torch.manual_seed(0)
+    parts = [Thinker(THINKER), AudioEncoder(AUDIO), OmniModel.new_projector(OmniConfig(), AUDIO.d_model, THINKER),
+             VisionEncoder(VISION), OmniModel.new_projector(OmniConfig(), VISION.d_model, THINKER)]
+    for name, part in zip(("thinker", "audio_encoder.encoder", "audio_projector", "vision_encoder",
+                           "vision_projector"), parts):
+        mine = m.get_submodule(name).state_dict()
+        assert all(torch.equal(mine[k], v) for k, v in part.state_dict().items()), name
