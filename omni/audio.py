@@ -34,6 +34,7 @@ import torchaudio
 from torch import nn
 
 from omni.errors import InvalidInput
+from omni.layers import lengths_mask
 
 SAMPLE_RATE = 16000  # Hz; everything is resampled to this on load
 N_FFT = 400  # 25 ms analysis window at 16 kHz
@@ -211,7 +212,7 @@ def spec_augment(
     B, T, F = mel.shape
     device = mel.device
     lengths = lengths.to(device)
-    valid = torch.arange(T, device=device) < lengths[:, None]  # (B, T)
+    valid = lengths_mask(lengths, T)  # (B, T)
     mask = torch.zeros(B, T, F, dtype=torch.bool, device=device)
     if freq_masks and freq_width:
         band = _random_spans(torch.full((B, freq_masks), F, device=device), min(freq_width, F), F)

@@ -1,4 +1,4 @@
-"""RVQ speech codec: 100 Hz log-mel <-> K discrete codes per frame at 12.5 Hz (Stage D, used by the Talker).
+"""RVQ speech codec: 100 Hz log-mel <-> K discrete codes per frame at `frame_rate_hz` (Stage D, used by the Talker).
 
 Design choices
 - Input and output are `omni.audio.LogMel` frames (B, T, n_mels) at 100 Hz. They are normalised with two fixed
@@ -6,9 +6,10 @@ Design choices
   alone, and a per-utterance statistic would be lost in the codes. The loss is L1 on this normalised log-mel.
 - Encoder: Conv1d stem, then log2(downsample) stages of [residual unit, stride-2 Conv1d (kernel 4, padding 1)],
   each halving T exactly; decoder mirrors it with stride-2 ConvTranspose1d (kernel 4, padding 1), each doubling T
-  exactly (SoundStream/EnCodec-style, without the LSTM). T not divisible by the downsampling factor is zero-padded
-  on the right to the next multiple (in normalised units) and the reconstruction is cropped back to T, so
-  `encode` gives ceil(T / 8) code frames and `forward` returns exactly T frames.
+  exactly (SoundStream/EnCodec-style, without the LSTM). downsample = 100 Hz / frame_rate_hz mel frames per code
+  frame: 8 at the default 12.5 Hz, 4 at the demo's 25 Hz. T not divisible by it is zero-padded on the right to the
+  next multiple (in normalised units) and the reconstruction is cropped back to T, so `encode` gives
+  ceil(T / downsample) code frames and `forward` returns exactly T frames.
 - Padding never leaks: before every convolution the positions past each row's length (at that resolution:
   ceil(length / 2^level)) are zeroed, so a row gives the same codes and reconstruction whether it is padded in a
   batch or alone (where the conv's own zero padding plays the same role). Losses, EMA statistics and usage counts
@@ -33,8 +34,8 @@ Design choices
 References: van den Oord et al. 2017 (VQ-VAE, EMA codebooks); Razavi et al. 2019 (VQ-VAE-2); Zeghidour et al.
 2021 (SoundStream, residual VQ, codebook restarts); Defossez et al. 2022 (EnCodec).
 
-Shape legend: B batch, T mel frames (100 Hz), T' code frames (T' = ceil(T / 8)), C channels, D latent width,
-K codebooks, N codebook size, M flattened latents.
+Shape legend: B batch, T mel frames (100 Hz), T' code frames (T' = ceil(T / downsample)), C channels, D latent
+width, K codebooks, N codebook size, M flattened latents.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omni.audio import MEL_FRAME_RATE, N_MELS
+from omni.layers import lengths_mask
 
 
 @dataclass
@@ -92,11 +94,6 @@ class CodecConfig:
         return round(MEL_FRAME_RATE / self.frame_rate_hz)
 
 
-def _valid(lengths: torch.Tensor, size: int) -> torch.Tensor:
-    """(B,) lengths -> (B, size) bool, True at real positions."""
-    return torch.arange(size, device=lengths.device) < lengths[:, None]
-
-
 def usage_perplexity(usage: torch.Tensor) -> torch.Tensor:
     """Code counts (..., N) -> exp(entropy of usage) (...): N for uniform use, 1 for a single code. No host sync."""
     p = usage.float() / usage.float().sum(-1, keepdim=True).clamp(min=1e-12)
@@ -116,7 +113,7 @@ def _sample_rows(mask: torch.Tensor, n: int) -> torch.Tensor:
 class ResUnit(nn.Module):
     """x + Conv1x1(GELU(Conv_k3_dilated(GELU(x)))), padding zeroed before each conv."""
 
-    def __init__(self, channels: int, dilation: int):
+    def __init__(self, *, channels: int, dilation: int):
         super().__init__()
         self.conv = nn.Conv1d(channels, channels, 3, padding=dilation, dilation=dilation)
         self.proj = nn.Conv1d(channels, channels, 1)
@@ -133,18 +130,18 @@ class Encoder(nn.Module):
     def __init__(self, *, n_mels: int, channels: int, latent_dim: int, levels: int):
         super().__init__()
         self.stem = nn.Conv1d(n_mels, channels, 7, padding=3)
-        self.res = nn.ModuleList(ResUnit(channels, dilation=3**i) for i in range(levels))
+        self.res = nn.ModuleList(ResUnit(channels=channels, dilation=3**i) for i in range(levels))
         self.down = nn.ModuleList(nn.Conv1d(channels, channels, 4, stride=2, padding=1) for _ in range(levels))
         self.out = nn.Conv1d(channels, latent_dim, 3, padding=1)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x (B, n_mels, T) with T a multiple of 2^levels, lengths (B,) -> (B, D, T / 2^levels)."""
-        x = self.stem(x * _valid(lengths, x.shape[2])[:, None].to(x.dtype))
+        x = self.stem(x * lengths_mask(lengths, x.shape[2])[:, None].to(x.dtype))
         for res, down in zip(self.res, self.down):
-            mask = _valid(lengths, x.shape[2])[:, None].to(x.dtype)
+            mask = lengths_mask(lengths, x.shape[2])[:, None].to(x.dtype)
             x = down(F.gelu(res(x * mask, mask)) * mask)
             lengths = (lengths + 1) // 2  # ceil: a half-covered output frame is still real
-        return self.out(F.gelu(x) * _valid(lengths, x.shape[2])[:, None].to(x.dtype))
+        return self.out(F.gelu(x) * lengths_mask(lengths, x.shape[2])[:, None].to(x.dtype))
 
 
 class Decoder(nn.Module):
@@ -154,17 +151,17 @@ class Decoder(nn.Module):
         super().__init__()
         self.stem = nn.Conv1d(latent_dim, channels, 3, padding=1)
         self.up = nn.ModuleList(nn.ConvTranspose1d(channels, channels, 4, stride=2, padding=1) for _ in range(levels))
-        self.res = nn.ModuleList(ResUnit(channels, dilation=3 ** (levels - 1 - i)) for i in range(levels))
+        self.res = nn.ModuleList(ResUnit(channels=channels, dilation=3 ** (levels - 1 - i)) for i in range(levels))
         self.out = nn.Conv1d(channels, n_mels, 7, padding=3)
 
     def forward(self, z: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """z (B, D, T'), lengths (B,) code frames -> (B, n_mels, T' * 2^levels)."""
-        x = self.stem(z * _valid(lengths, z.shape[2])[:, None].to(z.dtype))
+        x = self.stem(z * lengths_mask(lengths, z.shape[2])[:, None].to(z.dtype))
         for up, res in zip(self.up, self.res):
-            x = up(F.gelu(x) * _valid(lengths, x.shape[2])[:, None].to(x.dtype))
+            x = up(F.gelu(x) * lengths_mask(lengths, x.shape[2])[:, None].to(x.dtype))
             lengths = lengths * 2
-            x = res(x, _valid(lengths, x.shape[2])[:, None].to(x.dtype))
-        return self.out(F.gelu(x) * _valid(lengths, x.shape[2])[:, None].to(x.dtype))
+            x = res(x, lengths_mask(lengths, x.shape[2])[:, None].to(x.dtype))
+        return self.out(F.gelu(x) * lengths_mask(lengths, x.shape[2])[:, None].to(x.dtype))
 
 
 class VectorQuantizer(nn.Module):
@@ -234,7 +231,8 @@ class VectorQuantizer(nn.Module):
 class ResidualVQ(nn.Module):
     """K `VectorQuantizer`s, each quantizing the (detached) residual the previous ones left."""
 
-    def __init__(self, *, dim: int, n_codebooks: int, codebook_size: int, decay: float, eps: float, dead_code_steps):
+    def __init__(self, *, dim: int, n_codebooks: int, codebook_size: int, decay: float, eps: float,
+                 dead_code_steps: int):
         super().__init__()
         self.quantizers = nn.ModuleList(
             VectorQuantizer(dim=dim, codebook_size=codebook_size, decay=decay, eps=eps, dead_code_steps=dead_code_steps)
@@ -309,22 +307,22 @@ class Codec(nn.Module):
         return self.encoder(x, lengths).transpose(1, 2), lengths
 
     def encode(self, mel: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """mel (B, T, n_mels), lengths (B,) -> codes (B, T', K), T' = ceil(T / 8). Never updates the codebooks.
+        """mel (B, T, n_mels), lengths (B,) -> codes (B, T', K), T' = ceil(T / downsample). Never updates the codebooks.
         Frames at or past `code_lengths(lengths)` are padding."""
         z, lengths = self._latents(mel, lengths)
-        mask = _valid(self.code_lengths(lengths), z.shape[1])
+        mask = lengths_mask(self.code_lengths(lengths), z.shape[1])
         _, codes, _, _ = self.rvq(z.flatten(0, 1), mask.flatten(), update=False)
         return codes.view(*z.shape[:2], -1)
 
     def decode(self, codes: torch.Tensor, code_lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """codes (B, T', K), code_lengths (B,) -> log-mel (B, T' * 8, n_mels); frames past 8 * code_lengths are
-        padding."""
+        """codes (B, T', K), code_lengths (B,) -> log-mel (B, T' * downsample, n_mels); frames past
+        downsample * code_lengths are padding."""
         if code_lengths is None:
             code_lengths = torch.full(codes.shape[:1], codes.shape[1], dtype=torch.long, device=codes.device)
         return self._decode(self.rvq.lookup(codes), code_lengths) * self.cfg.mel_std + self.cfg.mel_mean
 
     def _decode(self, z: torch.Tensor, code_lengths: torch.Tensor) -> torch.Tensor:
-        """z (B, T', D) -> normalised mel (B, T' * 8, n_mels)."""
+        """z (B, T', D) -> normalised mel (B, T' * downsample, n_mels)."""
         return self.decoder(z.transpose(1, 2), code_lengths).transpose(1, 2)
 
     def forward(self, mel: torch.Tensor, lengths: torch.Tensor | None = None) -> CodecOutput:
@@ -333,7 +331,7 @@ class Codec(nn.Module):
         z, lengths = self._latents(mel, lengths)
         B, T, _ = mel.shape
         code_lengths = self.code_lengths(lengths)
-        mask = _valid(code_lengths, z.shape[1])
+        mask = lengths_mask(code_lengths, z.shape[1])
         zq, codes, commits, usage = self.rvq(z.flatten(0, 1), mask.flatten(), update=self.training)
         recon_norm = self._decode(zq.view_as(z).to(z.dtype), code_lengths)[:, :T]
         recon_loss = codec_recon_loss(recon_norm, (mel - self.cfg.mel_mean) / self.cfg.mel_std, lengths)
@@ -350,6 +348,6 @@ class Codec(nn.Module):
 
 def codec_recon_loss(pred: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Mean |pred - target| over valid frames and all bins; pred, target (B, T, n_mels), lengths (B,)."""
-    valid = _valid(lengths, pred.shape[1])[:, :, None]
+    valid = lengths_mask(lengths, pred.shape[1])[:, :, None]
     err = (pred.float() - target.float()).abs() * valid
     return err.sum() / (valid.sum() * pred.shape[2]).clamp(min=1)

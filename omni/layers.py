@@ -321,7 +321,8 @@ class Transformer(nn.Module):
         out_std = 0.02 / math.sqrt(2 * len(self.layers))
         for name, module in (self if root is None else root).named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=out_std if name.endswith(("o_proj", "down_proj")) else 0.02)
+                std = out_std if name.endswith(("o_proj", "down_proj")) else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute each block's activations in the backward pass instead of storing them (less memory, about

@@ -8,7 +8,7 @@ Design choices
 - K heads (one linear layer, reshaped) predict all K codes of the current frame in parallel, each over
   codebook_size + 1 classes; the extra class (= codebook_size) is END-OF-SPEECH, the target of every codebook at
   the frame after the last one. There is no delay pattern: the codebooks of one frame are independent given the
-  past, which is enough for K = 2 coarse codes at 12.5 Hz. Generation decides "end" from codebook 0 alone and
+  past, which is enough for K = 2 coarse codes per 40-80 ms frame. Generation decides "end" from codebook 0 alone and
   samples the other codebooks among real codes only, so an emitted frame is always decodable.
 - Frame dropout (training only): each frame's input, the previous frame's codes, is replaced by the START input
   with probability frame_dropout. Teacher forcing otherwise lets the model predict a frame mostly from the one
@@ -28,7 +28,8 @@ Design choices
 References: Borsos et al. 2023 (AudioLM); Wang et al. 2023 (VALL-E); Copet et al. 2023 (MusicGen, parallel
 codebook prediction); Qwen2.5-Omni / Qwen3-Omni technical reports (Thinker-Talker).
 
-Shape legend: B batch, T text tokens, F speech frames (12.5 Hz), K codebooks, V codebook_size, D model width.
+Shape legend: B batch, T text tokens, F speech frames (the codec's frame_rate_hz: 12.5 Hz by default, 25 Hz in the
+demo), K codebooks, V codebook_size, D model width.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class TalkerConfig:
     n_kv_heads: int = 3  # key/value heads (GQA when < n_heads)
     d_ff: int = 768  # SwiGLU hidden width
     max_text_len: int = 256  # longest text prefix in tokens
-    max_frames: int = 500  # longest speech in code frames (40 s at 12.5 Hz)
+    max_frames: int = 500  # longest speech in code frames (40 s at 12.5 Hz, 20 s at 25 Hz)
     rope_theta: float = 10_000.0  # rotary base; sequences are a few hundred positions
     qk_norm: bool = True  # per-head RMSNorm on queries and keys
     norm_eps: float = 1e-6  # RMSNorm epsilon

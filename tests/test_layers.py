@@ -269,7 +269,7 @@ def state_digest(model: torch.nn.Module) -> str:
 def _small_transformers() -> dict:
     from omni.audio_encoder import AudioEncoder, AudioEncoderConfig
     from omni.contrastive import TextEncoder, TextEncoderConfig
-    from omni.ocr import OcrModel, OcrConfig
+    from omni.ocr import OcrConfig, OcrModel
     from omni.talker import Talker, TalkerConfig
     from omni.thinker import Thinker, ThinkerConfig
     from omni.vision_encoder import VisionConfig, VisionEncoder

@@ -218,3 +218,14 @@ def test_griffin_lim_inverts_the_same_mel_definition():
     assert batch.shape == (2, mel.shape[0] * HOP_LENGTH)
     # Deterministic and row-independent (up to the batched least-squares rounding that the iterations amplify).
     assert torch.allclose(batch[1], griffin_lim(other, n_iter=4), atol=1e-2)
+
+
+def test_seeded_init_is_unchanged():
+    """Built under one seed, generator and discriminators hold the weights they had before the constructors became
+    keyword-only and the GAN step moved to train_vocoder.py (same draws in the same order)."""
+    from tests.test_layers import state_digest
+
+    torch.manual_seed(1234)
+    model = HifiGanTrainModel(VocoderConfig(n_mels=16, upsample_initial_channels=16, mpd_channels=(4, 8),
+                                            msd_channels=(16,) * 7))
+    assert state_digest(model) == "9affc1883745a512"
