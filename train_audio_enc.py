@@ -20,16 +20,14 @@ Rerunning the same command resumes from the newest checkpoint in train.save_dir.
 """
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
-from omni.atomic import atomic_write_text
 from omni.audio import spec_augment
 from omni.builders import build_audio
 from omni.components import audio_encoder_weights
 from omni.config import load_config
-from omni.ctc import CharVocab, ctc_loss, ctc_transcripts
+from omni.ctc import VOCAB_FILE, CharVocab, ctc_loss, ctc_transcripts, load_vocab, pin_vocab
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.data.speech import AsrSource, load_asr_records, normalize_transcript
 from omni.metrics import char_error_counts, word_error_counts
@@ -44,19 +42,11 @@ run = Run(cfg, name="audio_enc", metric="val_cer", mode="min", force=args.force)
 train_records = load_asr_records(cfg.data.train_manifest)
 val_records = load_asr_records(cfg.data.val_manifest)
 vocab = CharVocab.from_texts(normalize_transcript(r["text"]) for r in train_records)
-vocab_file = run.run_dir / "vocab.json"
+vocab_file = run.run_dir / VOCAB_FILE
 if run.is_main:
-    if not vocab_file.exists():
-        atomic_write_text(vocab_file, json.dumps(vocab.to_list()) + "\n")  # a kill never leaves half a vocabulary
-    elif json.loads(vocab_file.read_text()) != vocab.to_list():
-        message = (f"the transcripts of {cfg.data.train_manifest} use the characters {''.join(vocab.to_list())!r}, "
-                   f"but this run's {vocab_file} has {''.join(json.loads(vocab_file.read_text()))!r}")
-        if not args.force:
-            raise SystemExit(f"{message}; use a new train.save_dir (or --force to keep the run's alphabet and skip "
-                             "transcripts with other characters)")
-        run.info(f"WARNING: {message}; --force: keeping the run's alphabet")
+    pin_vocab(vocab, vocab_file, force=args.force, source=cfg.data.train_manifest, log=run.info)
 barrier()
-vocab = CharVocab.from_list(json.loads(vocab_file.read_text()))
+vocab = load_vocab(vocab_file)
 
 
 # ---- data

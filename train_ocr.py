@@ -12,16 +12,16 @@ Rerunning the same command resumes from the newest checkpoint in train.save_dir.
 "max_width": data.max_width (inference squeezes lines the same way)}.
 """
 
-import json
 import sys
+from pathlib import Path
 
-from omni.atomic import atomic_write_text
 from omni.builders import build_ocr
 from omni.components import ocr_weights
 from omni.config import load_config
-from omni.ctc import CharVocab, ctc_transcripts
+from omni.ctc import VOCAB_FILE, CharVocab, ctc_transcripts, pin_vocab
 from omni.data.images import OcrSource, read_ocr_manifest
 from omni.data.resumable import ResumableDataset, require_usable
+from omni.errors import UserError
 from omni.metrics import char_error_counts
 from omni.ocr import OcrModel
 from omni.stages import OcrStage
@@ -29,24 +29,24 @@ from omni.training import Run
 
 cfg, args = load_config(OcrStage, description=__doc__)
 
-# ---- vocabulary: from the training texts, before Run, so the config it records holds the real vocab_size
+# ---- vocabulary: from the training texts; the first run's vocab.json stays the run's alphabet. Read (and checked)
+# before Run, so that the config it records holds the real vocab_size; written once the run dir is locked.
 train_records = read_ocr_manifest(cfg.data.train_manifest)
 val_records = read_ocr_manifest(cfg.data.val_manifest)
-vocab = CharVocab.from_texts(r["text"] for r in train_records)
+vocab_file, notes = Path(cfg.train.save_dir) / VOCAB_FILE, []
+vocab = pin_vocab(CharVocab.from_texts(r["text"] for r in train_records), vocab_file, force=args.force,
+                  source=cfg.data.train_manifest, log=notes.append, write=False)
 if cfg.model.vocab_size == 0:
     cfg.model.vocab_size = len(vocab)
 elif cfg.model.vocab_size != len(vocab):
-    raise SystemExit(f"model.vocab_size is {cfg.model.vocab_size} but the texts of {cfg.data.train_manifest} give "
-                     f"{len(vocab)} ids ({len(vocab) - 1} characters + blank); set it to 0 or {len(vocab)}")
+    raise UserError(f"model.vocab_size is {cfg.model.vocab_size} but the texts of {cfg.data.train_manifest} give "
+                    f"{len(vocab)} ids ({len(vocab) - 1} characters + blank); set it to 0 or {len(vocab)}")
 
 run = Run(cfg, name="ocr", metric="val_cer", mode="min", force=args.force)
-# The manifest may change between runs; a resumed model must keep its alphabet, so the first run's is the reference.
-vocab_file = run.run_dir / "vocab.json"
+for note in notes:
+    run.info(note)
 if run.is_main:
-    if vocab_file.exists() and json.loads(vocab_file.read_text()) != vocab.to_list() and not args.force:
-        raise SystemExit(f"the characters of {cfg.data.train_manifest} differ from {vocab_file} of this run; "
-                         "use a new train.save_dir (or --force)")
-    atomic_write_text(vocab_file, json.dumps(vocab.to_list(), ensure_ascii=False) + "\n")
+    pin_vocab(vocab, vocab_file, force=args.force, source=cfg.data.train_manifest, log=run.info)
 
 # ---- data
 def ocr_source(records) -> OcrSource:

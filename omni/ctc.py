@@ -10,12 +10,18 @@ utterance length); an impossible alignment contributes zero instead of inf.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from omni.atomic import atomic_write_text
+from omni.errors import UserError
+
 BLANK_ID = 0
+VOCAB_FILE = "vocab.json"  # a run's pinned alphabet (see pin_vocab), in its run dir
 
 
 class CharVocab:
@@ -56,6 +62,39 @@ class CharVocab:
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[i - 1] for i in ids if i != BLANK_ID)
+
+
+def load_vocab(path: str | Path) -> CharVocab:
+    """A vocabulary file written by pin_vocab (a JSON character list)."""
+    try:
+        return CharVocab.from_list(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"{path}: not a character list ({e}); restore it, or use a new train.save_dir") from None
+
+
+def pin_vocab(vocab: CharVocab, path: str | Path, *, force: bool, source: str, log: Callable[[str], None],
+              write: bool = True) -> CharVocab:
+    """The alphabet of a training run, pinned in `path` (its run dir's vocab.json). Returns the vocabulary to use.
+
+    The first run writes `vocab` (the characters of `source`, the training data) there; a rerun keeps that file's
+    alphabet, because the CTC head's size and the meaning of each id depend on it. When the data now give other
+    characters, that is a UserError unless `force`, which keeps the run's alphabet (texts with other characters
+    are then skipped as bad samples) and logs a warning. `write=False` only reads and checks (e.g. before the run
+    dir is locked); write on one process only."""
+    path = Path(path)
+    if not path.exists():
+        if write:
+            atomic_write_text(path, json.dumps(vocab.to_list(), ensure_ascii=False) + "\n")  # never half a file
+        return vocab
+    pinned = load_vocab(path)
+    if pinned.to_list() != vocab.to_list():
+        message = (f"the texts of {source} use the characters {''.join(vocab.to_list())!r}, but this run's {path} "
+                   f"has {''.join(pinned.to_list())!r}")
+        if not force:
+            raise UserError(f"{message}; use a new train.save_dir (or --force to keep the run's alphabet and skip "
+                            "texts with other characters)")
+        log(f"WARNING: {message}; --force: keeping the run's alphabet")
+    return pinned
 
 
 def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:

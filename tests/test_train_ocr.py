@@ -109,3 +109,24 @@ def test_compile_needs_a_static_width(tmp_path):
     assert load_config_file(OcrStage, path).data.max_width == 512
     with pytest.raises(ConfigError, match="max_frames"):  # 512 px = 128 frames
         load_config_file(OcrStage, path, ["model.max_frames=100"])
+
+
+def test_a_changed_alphabet_is_refused_and_force_keeps_the_runs_alphabet(tmp_path, lines):
+    """The ASR rule (omni.ctc.pin_vocab): --force resumes with the run's alphabet and skips lines with other
+    characters. It used to overwrite vocab.json with the new alphabet, so the resumed ids meant other characters
+    (or the CTC head no longer fit and the run silently restarted from step 0)."""
+    save = tmp_path / "run"
+    run_ok(command(tmp_path, lines, save, "train.max_steps=2"))
+    pinned = json.loads((save / "vocab.json").read_text(encoding="utf-8"))
+    records = [json.loads(x) for x in (lines / "train.jsonl").read_text().splitlines()]
+    changed = lines / "train_with_a_new_character.jsonl"  # beside train.jsonl: image paths are relative to it
+    changed.write_text("".join(json.dumps(r) + "\n" for r in [*records, {**records[0], "text": "are Who \u00a7"}]))
+    moved = [f"data.train_manifest={changed}", "train.max_steps=10"]  # to the end of epoch 1: every line seen
+    refused = subprocess.run(command(tmp_path, lines, save, *moved), cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode != 0 and "vocab.json" in refused.stderr and "Traceback" not in refused.stderr
+    forced = run_ok(command(tmp_path, lines, save, *moved, "--force"))
+    assert "--force: keeping the run's alphabet" in forced.stderr and "resumed at step 2" in forced.stderr
+    assert json.loads((save / "vocab.json").read_text(encoding="utf-8")) == pinned == final(save)["vocab"]
+    assert json.loads((save / "summary.json").read_text())["bad_samples"] >= 1
+    assert "\u00a7" in (save / "training.log").read_text(encoding="utf-8").split("skipped bad sample", 1)[1]

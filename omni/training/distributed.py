@@ -49,14 +49,6 @@ def all_reduce_sums(values: dict[str, float], device: torch.device) -> dict[str,
     return dict(zip(keys, t.tolist()))
 
 
-def broadcast_object(obj, src: int = 0):
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def local_device(requested: str) -> torch.device:
     """The device for this process: `auto` picks cuda:LOCAL_RANK when CUDA is present, else the CPU."""
     if requested == "auto":
