@@ -58,10 +58,6 @@ class ExportError(InvalidInput):
     """A checkpoint or export folder that cannot be exported/loaded; the message names the file and key."""
 
 
-class ComponentUnavailable(LookupError):
-    """The component's module or classes are not written yet."""
-
-
 @dataclass(frozen=True)
 class Component:
     name: str  # tensor prefix in model.safetensors and key in config.json "components"
@@ -128,26 +124,9 @@ class StageWeights:
 
 
 def classes(component: Component) -> tuple[object, type, type]:
-    """(module, model class, config class); ComponentUnavailable when the module or a class does not exist yet.
-    Any other import error (a bug inside an existing module) propagates."""
-    try:
-        module = importlib.import_module(component.module)
-    except ModuleNotFoundError as e:
-        if e.name != component.module:
-            raise
-        raise ComponentUnavailable(f"module {component.module} does not exist yet") from None
-    missing = [n for n in (component.model_class, component.config_class) if not hasattr(module, n)]
-    if missing:
-        raise ComponentUnavailable(f"{component.module} has no {' / '.join(missing)}")
+    """(module, model class, config class) of a component."""
+    module = importlib.import_module(component.module)
     return module, getattr(module, component.model_class), getattr(module, component.config_class)
-
-
-def available(component: Component) -> bool:
-    try:
-        classes(component)
-    except ComponentUnavailable:
-        return False
-    return True
 
 
 def build_model(component: Component, section: dict, where: str) -> nn.Module:
