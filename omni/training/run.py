@@ -10,6 +10,8 @@
             run.log(loss=loss, **stats)                  # host syncs only every log_freq steps
             run.maybe_evaluate(evaluate)
             run.maybe_checkpoint()
+    if run.stopped:                                      # SIGTERM / Ctrl-C: the step is checkpointed; end (exit 0)
+        sys.exit(0)
     run.finish(evaluate, final_weights={"thinker.pt": {...}})
 
 Exactness: a checkpoint is taken only between optimizer steps and holds the data position (epoch, samples seen in
@@ -84,9 +86,7 @@ class Run:
         torch.manual_seed(self.train.seed)
         # Training position and bookkeeping; everything here goes into checkpoints.
         self.step = self.epoch = self.samples_in_epoch = 0
-        self.best = None
-        self.last_eval = None
-        self.elapsed = 0.0
+        self.best, self.last_eval, self.elapsed = None, None, 0.0
         # Checkpointed with the rest, so a replay after a crash counts each sample once.
         self.counters = {"bad_samples": 0, "nonfinite_steps": 0, "epoch_bad": 0, "epoch_seen": 0}
         self._micro = 0
