@@ -35,6 +35,7 @@ from omni.data import fingerprint
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.data.speech import load_asr_records
 from omni.data.tts import SpeechClips, TalkerCodes, build_code_cache, code_cache_path, random_segments
+from omni.layers import lengths_mask
 from omni.stages import TalkerStage
 from omni.talker import IGNORE_INDEX, code_accuracy, talker_targets
 from omni.tokenizer import Tokenizer
@@ -62,7 +63,7 @@ def train_codec(c) -> None:
             mel, lengths = batch["mel"], batch["mel_lengths"]
             with run.autocast():
                 out = run.raw_model(mel, lengths)
-            valid = (torch.arange(mel.shape[1], device=mel.device) < lengths[:, None])[:, :, None]
+            valid = lengths_mask(lengths, mel.shape[1])[:, :, None]
             err = (out.recon.float() - mel) / c.model.mel_std * valid  # normalised log-mel units, padding zeroed
             sums["l1"] += err.abs().sum().item()
             sums["sq"] += err.pow(2).sum().item()
