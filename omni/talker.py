@@ -40,9 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omni.chat import IGNORE_INDEX  # target of positions without loss (here: padding after END)
 from omni.layers import Transformer, check_rotary_heads, lengths_mask, sample_next_token
-
-IGNORE_INDEX = -100  # target of positions without loss (padding after END)
 
 
 @dataclass

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omni.chat import IGNORE_INDEX
 from omni.layers import KVCache, Transformer, sample_next_token
 
 
@@ -117,7 +118,7 @@ class Thinker(Transformer):
         inputs_embeds: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int = IGNORE_INDEX,
         caches: list[KVCache] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """input_ids (B, T) or inputs_embeds (B, T, D) -> (logits (B, T, V), loss or None).

@@ -111,6 +111,17 @@ def test_e2_chained_by_init_from_unfreezes_the_thinker(e1, stages, tmp_path):
                    "vision_encoder": 3e-3}
 
 
+def test_frozen_tensor_changed_by_init_from_stays_in_omni_final(e1, stages, tmp_path):
+    """omni_final.pt holds what differs from the stage weights, also a tensor frozen in this run that init_from
+    changed (E1's new-token rows): found by per-tensor digests taken at the start, not by a copy of the model."""
+    e1_dir, _ = e1
+    run_ok(command(tmp_path, stages, tmp_path / "run", f"init_from={e1_dir / 'omni_final.pt'}",
+                   "train_new_tokens=false", "train.max_steps=2"))
+    out = final(tmp_path / "run")["model"]
+    assert torch.equal(out["thinker.embed_tokens.weight"], final(e1_dir)["model"]["thinker.embed_tokens.weight"])
+    assert not any(k.startswith(("thinker.layers.", "audio_encoder.", "vision_encoder.")) for k in out)
+
+
 def test_resume_with_a_changed_freeze_set(e1, stages, tmp_path):
     save = tmp_path / "run"
     shutil.copytree(e1[0], save)
