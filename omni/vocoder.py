@@ -170,6 +170,18 @@ class Generator(nn.Module):
         return self
 
 
+def _run_stack(convs: nn.ModuleList, conv_post: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A sub-discriminator's conv stack (LeakyReLU after each conv, none after conv_post) -> (scores (B, S), the
+    feature map of every layer, conv_post's included: feature matching compares them all)."""
+    fmaps = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        fmaps.append(x)
+    x = conv_post(x)
+    fmaps.append(x)
+    return x.flatten(1), fmaps
+
+
 class PeriodDiscriminator(nn.Module):
     """MPD sub-discriminator for one period: Conv2d (5, 1) stack over the waveform folded to (N / p, p)."""
 
@@ -187,13 +199,7 @@ class PeriodDiscriminator(nn.Module):
         pad = -wav.shape[1] % self.period
         x = F.pad(wav[:, None], (0, pad), mode="reflect") if pad else wav[:, None]
         x = x.view(x.shape[0], 1, -1, self.period)
-        fmaps = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmaps.append(x)
-        x = self.conv_post(x)
-        fmaps.append(x)
-        return x.flatten(1), fmaps
+        return _run_stack(self.convs, self.conv_post, x)
 
 
 class ScaleDiscriminator(nn.Module):
@@ -211,13 +217,7 @@ class ScaleDiscriminator(nn.Module):
 
     def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """wav (B, N) -> (scores (B, S), feature maps (B, C, N') per layer)."""
-        x, fmaps = wav[:, None], []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmaps.append(x)
-        x = self.conv_post(x)
-        fmaps.append(x)
-        return x.flatten(1), fmaps
+        return _run_stack(self.convs, self.conv_post, wav[:, None])
 
 
 class MultiPeriodDiscriminator(nn.Module):
