@@ -239,8 +239,7 @@ def _talker(config_dir, device, batch_size, overrides):
 def _vocoder(config_dir, device, batch_size, overrides):
     from omni.audio import HOP_LENGTH
     from omni.stages import VocoderStage
-    from omni.vocoder import (discriminator_loss, feature_matching_loss, frozen, generator_adversarial_loss,
-                              mel_l1_loss)
+    from omni.vocoder import discriminator_loss, feature_matching_loss, frozen, generator_adversarial_loss, mel_l1_loss
 
     path = _cfg_path(config_dir, "vocoder_tiny.json")
     cfg = load_config_file(VocoderStage, path, overrides)
