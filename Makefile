@@ -34,6 +34,7 @@ chaos: setup
 
 bench: setup
 	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench.py --compare
 
 lint: setup
 	$(BIN)/ruff check .
