@@ -134,6 +134,20 @@ def test_crash_and_rerun_is_bitwise_identical(tmp_path, crash_at):
     assert steps == sorted(set(steps))  # the replayed steps are logged once
 
 
+def test_resume_between_two_log_lines_logs_the_same_averages(tmp_path):
+    """log_freq 3, checkpoints every 2: the step-4 checkpoint holds step 4's metrics, not yet logged; the resumed run
+    must average steps 4-6 like the straight run, not step 5-6 alone."""
+    def train_records(run_dir):
+        lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "time"} for r in lines if r["kind"] == "train"]
+
+    train(tmp_path / "straight", max_steps=9, log_freq=3)
+    with pytest.raises(Crash):
+        train(tmp_path / "resumed", max_steps=9, log_freq=3, crash_at=5)
+    train(tmp_path / "resumed", max_steps=9, log_freq=3)
+    assert train_records(tmp_path / "resumed") == train_records(tmp_path / "straight")
+
+
 def test_epochs_keep_last_best_and_finished_rerun(tmp_path):
     run = train(tmp_path, max_steps=None, max_epochs=2)  # 40 samples / 4 = 10 steps per epoch
     assert run.step == 20 and run.epoch == 2

@@ -35,6 +35,7 @@ CONFIG = "config"  # the resolved stage config as a dict
 WORLD_SIZE = "world_size"  # processes of the run that wrote it
 ELAPSED = "elapsed_seconds"  # training wall time summed over all resumes
 COUNTERS = "counters"  # bad samples, skipped non-finite steps, ...
+LOG_WINDOW = "log_window"  # training metrics summed since the last log line (older checkpoints lack it)
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / torch.compile wrappers' state-dict prefixes
 STEP_FILE = re.compile(r"^(?P<name>.+)_step_(?P<step>\d+)\.pt$")

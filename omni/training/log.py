@@ -31,6 +31,15 @@ class MetricWindow:
             v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
             self.sums[k] = self.sums.get(k, 0) + v
 
+    def state_dict(self) -> dict:
+        """The open window, for checkpoints: a resume between two log lines then logs the same averages as an
+        uninterrupted run (float32 sums round-trip exactly through Python floats)."""
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums = {k: torch.tensor(v, dtype=torch.float32) for k, v in state["sums"].items()}
+        self.steps = state["steps"]
+
     def average(self) -> dict[str, float]:
         """The mean over the `steps` counted since the last call (one host sync per metric), then start again."""
         values = {k: (v / self.steps).item() for k, v in self.sums.items()}

@@ -42,7 +42,7 @@ def checkpoint_state(run) -> dict:
         ckpt.STEP: run.step, ckpt.EPOCH: run.epoch, ckpt.SAMPLES_IN_EPOCH: run.samples_in_epoch,
         ckpt.BEST: run.best, ckpt.LAST_EVAL: run.last_eval, ckpt.RNG: ckpt.capture_rng(),
         ckpt.CONFIG: to_dict(run.cfg), ckpt.WORLD_SIZE: run.world_size, ckpt.ELAPSED: run.elapsed,
-        ckpt.COUNTERS: dict(run.counters),
+        ckpt.COUNTERS: dict(run.counters), ckpt.LOG_WINDOW: run._window.state_dict(),
     }
 
 
@@ -123,6 +123,8 @@ def restore(run, state: dict, path: Path) -> None:
     run.samples_in_epoch = state[ckpt.SAMPLES_IN_EPOCH]
     run.best, run.last_eval = state[ckpt.BEST], state[ckpt.LAST_EVAL]
     run.elapsed, run.counters = state[ckpt.ELAPSED], {**run.counters, **state[ckpt.COUNTERS]}
+    if ckpt.LOG_WINDOW in state:
+        run._window.load_state_dict(state[ckpt.LOG_WINDOW])
     if state[ckpt.WORLD_SIZE] != run.world_size:
         run.info(f"WARNING: checkpoint was written with world size {state[ckpt.WORLD_SIZE]}, now "
                  f"{run.world_size}: resuming at sample {run.samples_in_epoch} of epoch {run.epoch}, but the "
