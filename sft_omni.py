@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
+from omni import evaluation
 from omni.builders import build_sft, new_token_rows
 from omni.chat import IGNORE_INDEX
 from omni.components import read_stage_weights, sft_weights, stage_config
 from omni.config import load_config
 from omni.data.resumable import BadSample, ResumableDataset, require_usable
 from omni.data.sft import SftSource, read_sft_manifest
-from omni.omni_model import greedy_exact_match
 from omni.stages import SftStage
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer
 from omni.training import Run
@@ -127,8 +127,7 @@ media_trains = not (cfg.freeze_projectors and cfg.freeze_audio_encoder and cfg.f
 model = run.setup(model, optimizer, train_set, find_unused_parameters=media_trains)
 
 
-def media(batch: dict) -> dict:
-    return {"images": batch["images"], "mel": batch["mel"], "mel_lengths": batch["mel_lengths"]}
+media = evaluation.sft_media
 
 
 def log_samples() -> None:
@@ -150,26 +149,7 @@ def log_samples() -> None:
 
 
 def evaluate() -> dict:
-    groups = [*val_source.tasks, *val_source.kinds]  # per task, and per question kind within a task
-    sums = {"nll": 0.0, "tokens": 0.0, **{f"{k}_{g}": 0.0 for g in groups for k in ("n", "ok")}}
-    for batch in run.eval_batches(val_source, cfg.data.val_batch_size):
-        with run.autocast():
-            logits, loss = run.raw_model(batch["input_ids"], targets=batch["targets"], **media(batch))
-        n = int((batch["targets"] != IGNORE_INDEX).sum())
-        sums["nll"], sums["tokens"] = sums["nll"] + loss.float().item() * n, sums["tokens"] + n
-        matches = greedy_exact_match(logits, batch["targets"]).tolist()
-        for task, kind, ok in zip(batch["tasks"], batch["kinds"], matches):
-            for group in (task, f"{task}/{kind}") if kind is not None else (task,):
-                sums[f"n_{group}"] += 1
-                sums[f"ok_{group}"] += ok
-    sums = run.reduce_sums(sums)
-    if run.is_main:
-        log_samples()
-    metrics = {"val_loss": sums["nll"] / max(1.0, sums["tokens"])}
-    metrics.update({f"em_{g}": sums[f"ok_{g}"] / max(1.0, sums[f"n_{g}"]) for g in groups})
-    n_all = sum(sums[f"n_{t}"] for t in val_source.tasks)
-    metrics["mixed_acc"] = sum(sums[f"ok_{t}"] for t in val_source.tasks) / max(1.0, n_all)
-    return metrics
+    return evaluation.sft_metrics(run, val_source, batch_size=cfg.data.val_batch_size, log_samples=log_samples)
 
 
 # ---- loop

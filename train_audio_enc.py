@@ -21,16 +21,15 @@ Rerunning the same command resumes from the newest checkpoint in train.save_dir.
 
 import dataclasses
 import sys
-from pathlib import Path
 
+from omni import evaluation
 from omni.audio import spec_augment
 from omni.builders import build_audio
 from omni.components import audio_encoder_weights
 from omni.config import load_config
-from omni.ctc import VOCAB_FILE, CharVocab, ctc_loss, ctc_transcripts, load_vocab, pin_vocab
+from omni.ctc import VOCAB_FILE, CharVocab, ctc_loss, load_vocab, pin_vocab
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.data.speech import AsrSource, load_asr_records, normalize_transcript
-from omni.metrics import char_error_counts, word_error_counts
 from omni.stages import AudioStage
 from omni.training import Run
 from omni.training.distributed import barrier
@@ -76,28 +75,8 @@ model = run.setup(built.model, built.optimizer(), train_set)
 
 
 def evaluate() -> dict:
-    nll = utterances = word_edits = words = char_edits = chars = 0.0
-    shown = []
-    for batch in run.eval_batches(val_source, cfg.data.val_batch_size):
-        with run.autocast():
-            log_probs, _ = run.raw_model(batch["mel"], batch["mel_lengths"])
-        frames = run.raw_model.output_lengths(batch["mel_lengths"])
-        loss = ctc_loss(log_probs, frames, batch["labels"], batch["label_lengths"])
-        hypotheses = ctc_transcripts(log_probs, frames, vocab)
-        for hyp, ref in zip(hypotheses, batch["texts"]):
-            (we, wn), (ce, cn) = word_error_counts(hyp, ref), char_error_counts(hyp, ref)
-            word_edits, words, char_edits, chars = word_edits + we, words + wn, char_edits + ce, chars + cn
-        nll, utterances = nll + loss.item() * len(hypotheses), utterances + len(hypotheses)
-        shown += list(zip(batch["audio"], batch["texts"], hypotheses))[: cfg.data.sample_transcriptions - len(shown)]
-    for audio, ref, hyp in shown:
-        run.info(f"sample {Path(audio).name}: {ref!r} -> {hyp!r}")
-    sums = run.reduce_sums({"nll": nll, "utterances": utterances, "word_edits": word_edits, "words": words,
-                            "char_edits": char_edits, "chars": chars})
-    if sums["utterances"] < len(val_source):
-        run.info(f"WARNING: {len(val_source) - int(sums['utterances'])} of {len(val_source)} validation utterances "
-                 "are unusable (bad audio or transcript) and not scored")
-    return {"val_loss": sums["nll"] / sums["utterances"], "val_cer": sums["char_edits"] / sums["chars"],
-            "val_wer": sums["word_edits"] / sums["words"]}
+    return evaluation.asr_metrics(run, val_source, vocab=vocab, batch_size=cfg.data.val_batch_size,
+                                  samples=cfg.data.sample_transcriptions)
 
 
 # ---- loop. The loss is computed outside the (possibly compiled) model, so the compiled graph only ever sees the

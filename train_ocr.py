@@ -15,14 +15,14 @@ Rerunning the same command resumes from the newest checkpoint in train.save_dir.
 import sys
 from pathlib import Path
 
+from omni import evaluation
 from omni.builders import build_ocr
 from omni.components import ocr_weights
 from omni.config import load_config
-from omni.ctc import VOCAB_FILE, CharVocab, ctc_transcripts, pin_vocab
+from omni.ctc import VOCAB_FILE, CharVocab, pin_vocab
 from omni.data.images import OcrSource, read_ocr_manifest
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.errors import UserError
-from omni.metrics import char_error_counts
 from omni.ocr import OcrModel
 from omni.stages import OcrStage
 from omni.training import Run
@@ -67,23 +67,8 @@ model = run.setup(built.model, built.optimizer(), train_set)
 
 
 def evaluate() -> dict:
-    nll = lines = edits = chars = exact = 0.0
-    shown = []
-    for batch in run.eval_batches(val_source, cfg.data.val_batch_size):
-        with run.autocast():
-            log_probs, loss = run.raw_model(batch["images"], batch["widths"], batch["labels"], batch["label_lengths"])
-        frames = run.raw_model.output_lengths(batch["widths"])
-        hypotheses = ctc_transcripts(log_probs, frames, vocab)
-        for hyp, ref in zip(hypotheses, batch["texts"]):
-            e, n = char_error_counts(hyp, ref)
-            edits, chars, exact = edits + e, chars + n, exact + (hyp == ref)
-        nll, lines = nll + loss.item() * len(hypotheses), lines + len(hypotheses)
-        shown += list(zip(batch["texts"], hypotheses))[: cfg.data.sample_lines - len(shown)]
-    for ref, hyp in shown:
-        run.info(f"sample: {ref!r} -> {hyp!r}")
-    sums = run.reduce_sums({"nll": nll, "lines": lines, "edits": edits, "chars": chars, "exact": exact})
-    return {"val_loss": sums["nll"] / sums["lines"], "val_cer": sums["edits"] / sums["chars"],
-            "val_exact_line_acc": sums["exact"] / sums["lines"]}
+    return evaluation.ocr_metrics(run, val_source, vocab=vocab, batch_size=cfg.data.val_batch_size,
+                                  samples=cfg.data.sample_lines)
 
 
 # ---- loop

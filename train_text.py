@@ -8,15 +8,13 @@ perplexity over every token of data.val_path. Final weights: <save_dir>/thinker.
 
 import sys
 
-import torch
-
+from omni import evaluation
 from omni.builders import build_text
 from omni.components import thinker_weights
 from omni.config import load_config
 from omni.data import fingerprint
 from omni.data.resumable import ResumableDataset
 from omni.data.text import TokenWindows, build_token_cache, open_tokens, token_cache_path
-from omni.metrics import perplexity
 from omni.stages import TextStage
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer, train_tokenizer
 from omni.training import Run
@@ -65,18 +63,8 @@ if run.is_main:  # a resumed run whose corpus changed under it says so
 
 
 def evaluate() -> dict:
-    nll = tokens = 0.0
-    for batch in run.eval_batches(val_source, cfg.data.val_batch_size):
-        with run.autocast():
-            _, loss = run.raw_model(batch["inputs"], targets=batch["targets"])
-        n = batch["targets"].numel()
-        nll, tokens = nll + loss.float().item() * n, tokens + n
-    sums = run.reduce_sums({"nll": nll, "tokens": tokens})
-    for prompt in cfg.data.sample_prompts:
-        ids = torch.tensor([tokenizer.encode(prompt, bos=True)], device=run.device)
-        out = run.raw_model.generate(ids, max_new_tokens=cfg.data.sample_tokens, eos_id=tokenizer.eos_id)
-        run.info(f"sample: {prompt!r} -> {tokenizer.decode(out[0].tolist())!r}")
-    return {"val_loss": sums["nll"] / sums["tokens"], "val_ppl": perplexity(sums["nll"], int(sums["tokens"]))}
+    return evaluation.text_metrics(run, val_source, batch_size=cfg.data.val_batch_size, tokenizer=tokenizer,
+                                   sample_prompts=cfg.data.sample_prompts, sample_tokens=cfg.data.sample_tokens)
 
 
 # ---- loop

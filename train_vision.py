@@ -18,12 +18,10 @@ copied beside it (contrastive), "thinker": the Thinker checkpoint the text side 
 import sys
 from pathlib import Path
 
-import torch
-
+from omni import evaluation
 from omni.builders import build_vision
 from omni.components import load_stage_model, vision_weights
 from omni.config import load_config
-from omni.contrastive import caption_retrieval
 from omni.data.images import ImageSource, label_names, read_image_manifest
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.stages import VisionStage
@@ -101,41 +99,13 @@ model = run.setup(built.model, built.optimizer(), train_set)
 
 
 def evaluate_retrieval() -> dict:
-    # Every rank ranks against the whole validation set: R@k depends on all the candidates.
-    image_emb, text_emb, captions, paths = [], [], [], []
-    for batch in run.eval_batches(val_source, cfg.data.val_batch_size, shard=False):
-        with run.autocast():
-            image_emb.append(run.raw_model.encode_image(batch["images"]).float())
-            text_emb.append(run.raw_model.encode_text(batch["caption_ids"], batch["caption_mask"]).float())
-        captions += batch["captions"]
-        paths += batch["paths"]
-    image_emb, text_emb = torch.cat(image_emb), torch.cat(text_emb)
-    metrics = caption_retrieval(image_emb, text_emb, captions, image_keys=paths)
-    first = {}  # unique caption -> its first pair
-    for i, caption in enumerate(captions):
-        first.setdefault(caption, i)
-    unique = list(first)
-    top = (image_emb[: cfg.data.sample_images] @ text_emb[list(first.values())].T).argmax(-1)
-    for i, j in enumerate(top.tolist()):
-        run.info(f"sample: {Path(paths[i]).name} {captions[i]!r} -> top caption {unique[j]!r}")
-    return metrics
+    return evaluation.retrieval_metrics(run, val_source, batch_size=cfg.data.val_batch_size,
+                                        samples=cfg.data.sample_images)
 
 
 def evaluate_classes() -> dict:
-    nll = correct = n = 0.0
-    shown = []
-    for batch in run.eval_batches(val_source, cfg.data.val_batch_size):
-        with run.autocast():
-            out, loss = run.raw_model(batch["images"], labels=batch["labels"])
-        pred = out.logits.argmax(-1)
-        nll, n = nll + loss.float().item() * len(pred), n + len(pred)
-        correct += (pred == batch["labels"]).sum().item()
-        rows = zip(batch["paths"], pred.tolist(), batch["labels"].tolist())
-        shown += list(rows)[: cfg.data.sample_images - len(shown)]
-    for path, p, t in shown:
-        run.info(f"sample: {Path(path).name} label {labels[t]!r} -> predicted {labels[p]!r}")
-    sums = run.reduce_sums({"nll": nll, "correct": correct, "n": n})
-    return {"val_loss": sums["nll"] / sums["n"], "val_acc": sums["correct"] / sums["n"]}
+    return evaluation.classify_metrics(run, val_source, labels=labels, batch_size=cfg.data.val_batch_size,
+                                       samples=cfg.data.sample_images)
 
 
 # ---- loop

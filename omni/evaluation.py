@@ -1,0 +1,207 @@
+"""Each stage's evaluation: the metric computation the stage script runs at every val_freq and at the end, and that
+scripts/evaluate.py runs on final weights and any held-out set. One function per metric, so that a held-out score
+and the run's summary.json come from the same code.
+
+Every function takes `run`, the object that provides the evaluation machinery: a training `omni.training.Run`
+in the stage scripts, or an `Evaluator` (below) in scripts/evaluate.py, both with
+`eval_batches(source, batch_size, shard=)`, `autocast()`, `reduce_sums(dict)`, `info(str)`, `device`, `is_main`
+and `raw_model` (the model to score, in eval mode, under torch.no_grad()). The functions return the metrics dict
+the stage records (summary.json "metrics").
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+from omni.training import loader
+
+AMP_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Evaluator:
+    """The evaluation side of `omni.training.Run` for a model outside any training run: one process, no run dir, no
+    checkpoints written; log lines go to `log` (print by default)."""
+
+    def __init__(self, model: torch.nn.Module, *, device: str | torch.device = "cpu", precision: str = "fp32",
+                 log=print, seed: int = 0):
+        self.device = torch.device(device)
+        self.amp_dtype = AMP_DTYPES[precision]
+        if self.amp_dtype == torch.float16 and self.device.type == "cpu":
+            self.amp_dtype = None  # as Run refuses it: CPU fp16 autocast is slow; fp32 scores the same model
+        self.raw_model = model.to(self.device).eval()
+        self.is_main, self.log, self.seed = True, log, seed
+
+    def info(self, message: str) -> None:
+        self.log(message)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def eval_batches(self, source, batch_size: int, *, shard: bool = True):
+        return loader.eval_batches(source, batch_size, rank=0, world_size=1, device=self.device, log=self.info)
+
+    def reduce_sums(self, values: dict) -> dict:
+        return {k: float(v) for k, v in values.items()}
+
+    def evaluate(self, evaluate) -> dict:
+        """`evaluate()` in eval mode without gradients, seeded (Run.evaluate runs it under a forked RNG)."""
+        random.seed(self.seed)
+        torch.manual_seed(self.seed)
+        with torch.no_grad():
+            return evaluate()
+
+
+# ---------------------------------------------------------------------- Stage A
+def text_metrics(run, val_source, *, batch_size: int, tokenizer=None, sample_prompts=(), sample_tokens: int = 0):
+    """Validation loss and perplexity over every token of the TokenWindows `val_source`; greedy samples to the log."""
+    from omni.metrics import perplexity
+
+    nll = tokens = 0.0
+    for batch in run.eval_batches(val_source, batch_size):
+        with run.autocast():
+            _, loss = run.raw_model(batch["inputs"], targets=batch["targets"])
+        n = batch["targets"].numel()
+        nll, tokens = nll + loss.float().item() * n, tokens + n
+    sums = run.reduce_sums({"nll": nll, "tokens": tokens})
+    for prompt in sample_prompts if tokenizer is not None else ():
+        ids = torch.tensor([tokenizer.encode(prompt, bos=True)], device=run.device)
+        out = run.raw_model.generate(ids, max_new_tokens=sample_tokens, eos_id=tokenizer.eos_id)
+        run.info(f"sample: {prompt!r} -> {tokenizer.decode(out[0].tolist())!r}")
+    return {"val_loss": sums["nll"] / sums["tokens"], "val_ppl": perplexity(sums["nll"], int(sums["tokens"]))}
+
+
+# ---------------------------------------------------------------------- Stage B
+def asr_metrics(run, val_source, *, vocab, batch_size: int, samples: int = 0) -> dict:
+    """CTC loss, CER and WER (greedy decoding, edits summed over utterances) on the AsrSource `val_source`."""
+    from omni.ctc import ctc_loss, ctc_transcripts
+    from omni.metrics import char_error_counts, word_error_counts
+
+    nll = utterances = word_edits = words = char_edits = chars = 0.0
+    shown = []
+    for batch in run.eval_batches(val_source, batch_size):
+        with run.autocast():
+            log_probs, _ = run.raw_model(batch["mel"], batch["mel_lengths"])
+        frames = run.raw_model.output_lengths(batch["mel_lengths"])
+        loss = ctc_loss(log_probs, frames, batch["labels"], batch["label_lengths"])
+        hypotheses = ctc_transcripts(log_probs, frames, vocab)
+        for hyp, ref in zip(hypotheses, batch["texts"]):
+            (we, wn), (ce, cn) = word_error_counts(hyp, ref), char_error_counts(hyp, ref)
+            word_edits, words, char_edits, chars = word_edits + we, words + wn, char_edits + ce, chars + cn
+        nll, utterances = nll + loss.item() * len(hypotheses), utterances + len(hypotheses)
+        shown += list(zip(batch["audio"], batch["texts"], hypotheses))[: samples - len(shown)]
+    for audio, ref, hyp in shown:
+        run.info(f"sample {Path(audio).name}: {ref!r} -> {hyp!r}")
+    sums = run.reduce_sums({"nll": nll, "utterances": utterances, "word_edits": word_edits, "words": words,
+                            "char_edits": char_edits, "chars": chars})
+    if sums["utterances"] < len(val_source):
+        run.info(f"WARNING: {len(val_source) - int(sums['utterances'])} of {len(val_source)} validation utterances "
+                 "are unusable (bad audio or transcript) and not scored")
+    return {"val_loss": sums["nll"] / sums["utterances"], "val_cer": sums["char_edits"] / sums["chars"],
+            "val_wer": sums["word_edits"] / sums["words"]}
+
+
+# ---------------------------------------------------------------------- Stage C
+def retrieval_metrics(run, val_source, *, batch_size: int, samples: int = 0) -> dict:
+    """Image->text and text->image R@1 / R@5 over the whole ImageSource `val_source` (every rank ranks against
+    every candidate: R@k depends on all of them)."""
+    from omni.contrastive import caption_retrieval
+
+    image_emb, text_emb, captions, paths = [], [], [], []
+    for batch in run.eval_batches(val_source, batch_size, shard=False):
+        with run.autocast():
+            image_emb.append(run.raw_model.encode_image(batch["images"]).float())
+            text_emb.append(run.raw_model.encode_text(batch["caption_ids"], batch["caption_mask"]).float())
+        captions += batch["captions"]
+        paths += batch["paths"]
+    image_emb, text_emb = torch.cat(image_emb), torch.cat(text_emb)
+    metrics = caption_retrieval(image_emb, text_emb, captions, image_keys=paths)
+    first = {}  # unique caption -> its first pair
+    for i, caption in enumerate(captions):
+        first.setdefault(caption, i)
+    unique = list(first)
+    top = (image_emb[:samples] @ text_emb[list(first.values())].T).argmax(-1)
+    for i, j in enumerate(top.tolist()):
+        run.info(f"sample: {Path(paths[i]).name} {captions[i]!r} -> top caption {unique[j]!r}")
+    return metrics
+
+
+def classify_metrics(run, val_source, *, labels: list[str], batch_size: int, samples: int = 0) -> dict:
+    """Cross-entropy and accuracy of the image classifier on the ImageSource `val_source`."""
+    nll = correct = n = 0.0
+    shown = []
+    for batch in run.eval_batches(val_source, batch_size):
+        with run.autocast():
+            out, loss = run.raw_model(batch["images"], labels=batch["labels"])
+        pred = out.logits.argmax(-1)
+        nll, n = nll + loss.float().item() * len(pred), n + len(pred)
+        correct += (pred == batch["labels"]).sum().item()
+        rows = zip(batch["paths"], pred.tolist(), batch["labels"].tolist())
+        shown += list(rows)[: samples - len(shown)]
+    for path, p, t in shown:
+        run.info(f"sample: {Path(path).name} label {labels[t]!r} -> predicted {labels[p]!r}")
+    sums = run.reduce_sums({"nll": nll, "correct": correct, "n": n})
+    return {"val_loss": sums["nll"] / sums["n"], "val_acc": sums["correct"] / sums["n"]}
+
+
+# ---------------------------------------------------------------------- OCR
+def ocr_metrics(run, val_source, *, vocab, batch_size: int, samples: int = 0) -> dict:
+    """CTC loss, CER and exact-line accuracy (greedy decoding) on the OcrSource `val_source`."""
+    from omni.ctc import ctc_transcripts
+    from omni.metrics import char_error_counts
+
+    nll = lines = edits = chars = exact = 0.0
+    shown = []
+    for batch in run.eval_batches(val_source, batch_size):
+        with run.autocast():
+            log_probs, loss = run.raw_model(batch["images"], batch["widths"], batch["labels"], batch["label_lengths"])
+        frames = run.raw_model.output_lengths(batch["widths"])
+        hypotheses = ctc_transcripts(log_probs, frames, vocab)
+        for hyp, ref in zip(hypotheses, batch["texts"]):
+            e, n = char_error_counts(hyp, ref)
+            edits, chars, exact = edits + e, chars + n, exact + (hyp == ref)
+        nll, lines = nll + loss.item() * len(hypotheses), lines + len(hypotheses)
+        shown += list(zip(batch["texts"], hypotheses))[: samples - len(shown)]
+    for ref, hyp in shown:
+        run.info(f"sample: {ref!r} -> {hyp!r}")
+    sums = run.reduce_sums({"nll": nll, "lines": lines, "edits": edits, "chars": chars, "exact": exact})
+    return {"val_loss": sums["nll"] / sums["lines"], "val_cer": sums["edits"] / sums["chars"],
+            "val_exact_line_acc": sums["exact"] / sums["lines"]}
+
+
+# ---------------------------------------------------------------------- Stage E
+def sft_media(batch: dict) -> dict:
+    """The media inputs of an SftSource batch, as OmniModel's forward and generate take them."""
+    return {"images": batch["images"], "mel": batch["mel"], "mel_lengths": batch["mel_lengths"]}
+
+
+def sft_metrics(run, val_source, *, batch_size: int, log_samples=None) -> dict:
+    """val_loss per assistant token and greedy exact match per task, per question kind ("image_qa/position") and
+    over all conversations (mixed_acc) on the SftSource `val_source`. log_samples(): called on the main process
+    after the sums (the stage's generated samples)."""
+    from omni.chat import IGNORE_INDEX
+    from omni.omni_model import greedy_exact_match
+
+    groups = [*val_source.tasks, *val_source.kinds]  # per task, and per question kind within a task
+    sums = {"nll": 0.0, "tokens": 0.0, **{f"{k}_{g}": 0.0 for g in groups for k in ("n", "ok")}}
+    for batch in run.eval_batches(val_source, batch_size):
+        with run.autocast():
+            logits, loss = run.raw_model(batch["input_ids"], targets=batch["targets"], **sft_media(batch))
+        n = int((batch["targets"] != IGNORE_INDEX).sum())
+        sums["nll"], sums["tokens"] = sums["nll"] + loss.float().item() * n, sums["tokens"] + n
+        matches = greedy_exact_match(logits, batch["targets"]).tolist()
+        for task, kind, ok in zip(batch["tasks"], batch["kinds"], matches):
+            for group in (task, f"{task}/{kind}") if kind is not None else (task,):
+                sums[f"n_{group}"] += 1
+                sums[f"ok_{group}"] += ok
+    sums = run.reduce_sums(sums)
+    if run.is_main and log_samples is not None:
+        log_samples()
+    metrics = {"val_loss": sums["nll"] / max(1.0, sums["tokens"])}
+    metrics.update({f"em_{g}": sums[f"ok_{g}"] / max(1.0, sums[f"n_{g}"]) for g in groups})
+    n_all = sum(sums[f"n_{t}"] for t in val_source.tasks)
+    metrics["mixed_acc"] = sum(sums[f"ok_{t}"] for t in val_source.tasks) / max(1.0, n_all)
+    return metrics
+

@@ -1,0 +1,212 @@
+"""Score a trained stage on any held-out set, without training and without touching the run's files.
+
+    python scripts/evaluate.py --config configs/audio_enc_tiny.json [--set data.val_manifest=my_test.jsonl]
+                               [--weights FILE] [--json out.json] [--stage audio]
+
+Loads the stage's final weights (<train.save_dir>/<its file>, or --weights: a final-weights file or a run dir),
+reads data.val_manifest / data.val_path exactly as the stage script does (the same readers and sources, the final
+weights' vocabulary and tokenizer) and computes the stage's metric with the function the stage script calls
+(omni/evaluation.py), so on the run's own validation set it prints the metrics of the run's summary.json.
+Stages: text (A: val_ppl), audio (B: CER/WER), vision (C: retrieval R@k or accuracy), ocr (CER, exact lines),
+sft (E: exact match per task, mixed_acc). --stage is inferred from the config when it fits one stage only.
+Output: one "metric value" line per metric on stdout; --json writes {"stage", "weights", "val", "metrics"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from omni import evaluation  # noqa: E402
+from omni.config import ConfigError, from_dict, load_config_file, missing_data_paths  # noqa: E402
+from omni.errors import UserError  # noqa: E402
+from omni.stages import AudioStage, OcrStage, SftStage, TextStage, VisionStage  # noqa: E402
+from omni.training.distributed import local_device  # noqa: E402
+
+STAGES = {"text": TextStage, "audio": AudioStage, "vision": VisionStage, "ocr": OcrStage, "sft": SftStage}
+# The final-weights file each stage writes into train.save_dir (omni/components.py) and the config file prefix.
+WEIGHTS = {"text": "thinker.pt", "audio": "audio_enc.pt", "vision": "vision.pt", "ocr": "ocr.pt",
+           "sft": "omni_final.pt"}
+PREFIXES = {"text": "thinker", "audio": "audio_enc", "vision": "vision", "ocr": "ocr", "sft": "omni_sft"}
+
+
+def resolve_stage(args) -> tuple[str, object]:
+    """(stage name, config): --stage, else the one stage whose config class takes the file, else the one whose
+    final weights exist in its train.save_dir, else the config file name's prefix."""
+    names = [args.stage] if args.stage else list(STAGES)
+    fits, errors = {}, {}
+    for name in names:
+        try:
+            fits[name] = load_config_file(STAGES[name], args.config, args.set)
+        except ConfigError as e:
+            errors[name] = str(e)
+    if not fits:
+        raise UserError("the config fits no stage: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+    if len(fits) > 1:
+        done = [n for n, c in fits.items() if (Path(c.train.save_dir) / WEIGHTS[n]).is_file()]
+        named = [n for n in fits if Path(args.config).name.startswith(PREFIXES[n])]
+        for narrowed in (done, named, [n for n in done if n in named]):
+            if len(narrowed) == 1:
+                fits = {narrowed[0]: fits[narrowed[0]]}
+                break
+        else:
+            raise UserError(f"{args.config} fits the stages {sorted(fits)}: pass --stage")
+    return next(iter(fits.items()))
+
+
+def weights_file(stage: str, cfg, given: str | None) -> Path:
+    path = Path(given) if given else Path(cfg.train.save_dir)
+    path = path / WEIGHTS[stage] if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"no final weights at {path}: train the stage first (its script writes {WEIGHTS[stage]} "
+                        "into train.save_dir) or pass --weights FILE")
+    return path
+
+
+# ---- per stage: (model, metric function over an Evaluator) from the config and the final weights, reading the
+# validation data through the same readers and sources as the stage script.
+def text(cfg, path: Path, log):
+    from omni.components import load_stage_model
+    from omni.data.text import TokenWindows, build_token_cache, open_tokens
+    from omni.tokenizer import TOKENIZER_FILE, Tokenizer
+
+    model, saved = load_stage_model(path, "thinker")
+    tokenizer = Tokenizer.load(cfg.data.tokenizer or saved.tokenizer or path.parent / TOKENIZER_FILE)
+    tokens = open_tokens(build_token_cache(cfg.data.val_path, tokenizer, log=log), tokenizer.vocab_size)
+    source = TokenWindows(tokens, cfg.data.seq_len, name=cfg.data.val_path)
+    return model, lambda ev: evaluation.text_metrics(
+        ev, source, batch_size=cfg.data.val_batch_size, tokenizer=tokenizer, sample_prompts=cfg.data.sample_prompts,
+        sample_tokens=cfg.data.sample_tokens)
+
+
+def audio(cfg, path: Path, log):
+    from omni.components import load_stage_model
+    from omni.ctc import CharVocab
+    from omni.data.resumable import require_usable
+    from omni.data.speech import AsrSource, load_asr_records
+
+    model, saved = load_stage_model(path, "audio_encoder")
+    vocab = CharVocab.from_list(saved.extras["vocab"])
+    source = AsrSource(load_asr_records(cfg.data.val_manifest), vocab=vocab, n_mels=model.encoder.cfg.n_mels,
+                       max_mel_length=cfg.data.max_mel_length, ctc_upsample=saved.extras["ctc_upsample"],
+                       max_encoder_frames=model.encoder.cfg.max_frames)
+    require_usable(source, name=cfg.data.val_manifest)
+    return model, lambda ev: evaluation.asr_metrics(ev, source, vocab=vocab, batch_size=cfg.data.val_batch_size,
+                                                    samples=cfg.data.sample_transcriptions)
+
+
+def ocr(cfg, path: Path, log):
+    from omni.components import load_stage_model
+    from omni.ctc import CharVocab
+    from omni.data.images import OcrSource, read_ocr_manifest
+    from omni.data.resumable import require_usable
+    from omni.ocr import OcrModel
+
+    model, saved = load_stage_model(path, "ocr")
+    vocab = CharVocab.from_list(saved.extras["vocab"])
+    source = OcrSource(read_ocr_manifest(cfg.data.val_manifest), vocab=vocab, height=model.cfg.height,
+                       max_width=saved.extras.get("max_width"), width_stride=OcrModel.width_stride,
+                       max_frames=model.cfg.max_frames)
+    require_usable(source, name=cfg.data.val_manifest)
+    return model, lambda ev: evaluation.ocr_metrics(ev, source, vocab=vocab, batch_size=cfg.data.val_batch_size,
+                                                    samples=cfg.data.sample_lines)
+
+
+def vision(cfg, path: Path, log):
+    from omni.components import load_stage_model
+    from omni.contrastive import ContrastiveConfig, ContrastiveModel
+    from omni.data.images import ImageSource, read_image_manifest
+    from omni.data.resumable import require_usable
+    from omni.tokenizer import Tokenizer
+    from omni.training.checkpoint import load
+
+    # The whole ContrastiveModel (both towers): components' readers give the ViT part only.
+    data = load(path)
+    model_cfg = from_dict(ContrastiveConfig, data["config"], where=f"{path} 'config'")
+    thinker = load_stage_model(data["thinker"], "thinker")[0] if data.get("thinker") else None
+    model = ContrastiveModel(model_cfg, thinker=thinker)
+    missing, unexpected = model.load_state_dict(data["model"], strict=False)
+    if unexpected or [k for k in missing if not k.startswith("thinker.")]:
+        raise UserError(f"{path}: the weights do not fit the model of its config (missing {missing[:5]}, "
+                        f"unexpected {unexpected[:5]})")
+    labels = data.get("labels")
+    tokenizer = Tokenizer.load(path.parent / data["tokenizer"]) if data.get("tokenizer") else None
+    source = ImageSource(read_image_manifest(cfg.data.val_manifest), image_size=model_cfg.vision.image_size,
+                         caption_tokenizer=tokenizer, labels=labels, max_caption_tokens=cfg.data.max_text_length,
+                         pad_captions=cfg.train.compile)
+    require_usable(source, name=cfg.data.val_manifest)
+    if model_cfg.objective == "contrastive":
+        return model, lambda ev: evaluation.retrieval_metrics(ev, source, batch_size=cfg.data.val_batch_size,
+                                                              samples=cfg.data.sample_images)
+    return model, lambda ev: evaluation.classify_metrics(ev, source, labels=labels,
+                                                         batch_size=cfg.data.val_batch_size,
+                                                         samples=cfg.data.sample_images)
+
+
+def sft(cfg, path: Path, log):
+    from omni.components import load_stage_model, read_sft
+    from omni.data.resumable import require_usable
+    from omni.data.sft import SftSource, read_sft_manifest
+    from omni.omni_model import OmniConfig, OmniModel
+    from omni.tokenizer import Tokenizer
+
+    saved = read_sft(path)
+    stage = saved.stage_weights  # the stage files it was trained on; the projectors come from omni_final.pt
+    thinker, _ = load_stage_model(stage["thinker"], "thinker")
+    asr = load_stage_model(stage["audio_encoder"], "audio_encoder")[0] if stage.get("audio_encoder") else None
+    vit = load_stage_model(stage["vision_encoder"], "vision_encoder")[0] if stage.get("vision_encoder") else None
+    model = OmniModel(from_dict(OmniConfig, saved.config.get("omni", {}), where=f"{path} 'config.omni'"),
+                      thinker=thinker, audio_encoder=asr and asr.encoder, vision_encoder=vit)
+    missing, unexpected = model.load_state_dict(saved.state, strict=False)
+    if unexpected or any("_projector." in k for k in missing):
+        raise UserError(f"{path} does not fit the model built from its stage weights {stage}: unexpected "
+                        f"{unexpected[:5]}, missing {[k for k in missing if '_projector.' in k][:5]}")
+    tokenizer = Tokenizer.load(cfg.data.tokenizer or saved.tokenizer)
+    source = SftSource(read_sft_manifest(cfg.data.val_manifest), tokenizer=tokenizer,
+                       max_length=cfg.data.max_length, image_size=vit and vit.cfg.image_size,
+                       image_tokens=model.image_token_count if vit is not None else 0,
+                       n_mels=asr and asr.encoder.cfg.n_mels, max_mel_frames=cfg.data.max_mel_frames,
+                       max_encoder_frames=asr and asr.encoder.cfg.max_frames)
+    require_usable(source, name=cfg.data.val_manifest)
+    return model, lambda ev: evaluation.sft_metrics(ev, source, batch_size=cfg.data.val_batch_size)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="the stage's JSON config (as trained)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. data.val_manifest=my_test.jsonl")
+    parser.add_argument("--stage", choices=sorted(STAGES), help="default: inferred from the config")
+    parser.add_argument("--weights", help="final-weights file or run dir (default: the config's train.save_dir)")
+    parser.add_argument("--json", help="also write the metrics to this JSON file")
+    parser.add_argument("--device", default=None, help="default: the config's train.device")
+    args = parser.parse_args(argv)
+    if not Path(args.config).is_file():
+        raise UserError(f"config file not found: {args.config}")
+    stage, cfg = resolve_stage(args)
+    val_key = "val_path" if stage == "text" else "val_manifest"
+    missing = [m for m in missing_data_paths(cfg.data, "data.") if m.startswith(f"data.{val_key}=")]
+    if missing:
+        raise UserError(f"{args.config}: data not found: {missing[0]}")
+    path = weights_file(stage, cfg, args.weights)
+    log = (lambda message: print(message, file=sys.stderr, flush=True))
+    device = local_device(args.device or cfg.train.device)
+    log(f"evaluate {stage}: weights {path}, {val_key} {getattr(cfg.data, val_key)}, device {device}")
+    model, metric_fn = globals()[stage](cfg, path, log)
+    evaluator = evaluation.Evaluator(model, device=device, precision=cfg.train.precision, log=log,
+                                     seed=cfg.train.seed)
+    metrics = evaluator.evaluate(lambda: metric_fn(evaluator))
+    for key, value in metrics.items():
+        print(f"{key} {value:.6g}")
+    if args.json:
+        out = {"stage": stage, "weights": str(path), "val": str(getattr(cfg.data, val_key)), "metrics": metrics}
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
