@@ -2,8 +2,9 @@
 
     python train_audio_enc.py --config configs/audio_enc_tiny.json [--set train.max_steps=2000 ...]
 
-Data: data.train_manifest / data.val_manifest are JSONL manifests {"audio", "text"[, "duration"]}, LibriSpeech split
-folders or LJSpeech folders. Transcripts are normalised to lowercase a-z, apostrophe and space; the character
+Data: data.train_manifest / data.val_manifest are JSONL manifests {"audio", "text"[, "duration"]}, Common Voice split
+TSVs, transcript CSV/TSV tables, LibriSpeech split folders or LJSpeech folders, or lists of these (omni.data.speech;
+the log names the layout read). Transcripts are normalised to lowercase a-z, apostrophe and space; the character
 vocabulary is the sorted set of characters of the normalised training transcripts (blank = id 0). It is written to
 <save_dir>/vocab.json on the first run and that file is the run's alphabet from then on (the CTC head's size depends
 on it). Unusable clips (unreadable audio, empty transcripts, transcripts with more characters than the audio has
@@ -29,7 +30,7 @@ from omni.components import audio_encoder_weights
 from omni.config import load_config
 from omni.ctc import VOCAB_FILE, CharVocab, ctc_loss, load_vocab, pin_vocab
 from omni.data.resumable import ResumableDataset, require_usable
-from omni.data.speech import AsrSource, load_asr_records, normalize_transcript
+from omni.data.speech import AsrSource, load_asr_records, normalize_transcript, source_name
 from omni.stages import AudioStage
 from omni.training import Run
 from omni.training.distributed import barrier
@@ -38,12 +39,12 @@ cfg, args = load_config(AudioStage, description=__doc__)
 run = Run(cfg, name="audio_enc", metric="val_cer", mode="min", force=args.force)
 
 # ---- vocabulary: from the training transcripts; the first run's vocab.json stays the run's alphabet
-train_records = load_asr_records(cfg.data.train_manifest)
-val_records = load_asr_records(cfg.data.val_manifest)
+train_records = load_asr_records(cfg.data.train_manifest, key="data.train_manifest", log=run.info)
+val_records = load_asr_records(cfg.data.val_manifest, key="data.val_manifest", log=run.info)
 vocab = CharVocab.from_texts(normalize_transcript(r["text"]) for r in train_records)
 vocab_file = run.run_dir / VOCAB_FILE
 if run.is_main:
-    pin_vocab(vocab, vocab_file, force=args.force, source=cfg.data.train_manifest, log=run.info)
+    pin_vocab(vocab, vocab_file, force=args.force, source=source_name(cfg.data.train_manifest), log=run.info)
 barrier()
 vocab = load_vocab(vocab_file)
 
@@ -57,7 +58,7 @@ def asr_source(records) -> AsrSource:
 train_set = ResumableDataset(asr_source(train_records), batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                              bucket_batches=cfg.data.bucket_batches)
 val_source = asr_source(val_records)
-require_usable(val_source, name=cfg.data.val_manifest)  # before any step, not at the first evaluation
+require_usable(val_source, name=source_name(cfg.data.val_manifest))  # before any step, not at the first evaluation
 run.info(f"data: {len(train_records)} training utterances, {len(val_records)} validation utterances, "
          f"{len(vocab) - 1} characters: {''.join(vocab.to_list())!r}")
 for split, source in (("training", train_set.source), ("validation", val_source)):

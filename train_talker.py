@@ -33,7 +33,7 @@ from omni.components import CODEC_FILE, codec_weights, load_stage_model, talker_
 from omni.config import load_config
 from omni.data import fingerprint
 from omni.data.resumable import ResumableDataset, require_usable
-from omni.data.speech import load_asr_records
+from omni.data.speech import load_asr_records, source_name
 from omni.data.tts import SpeechClips, TalkerCodes, build_code_cache, code_cache_path, random_segments
 from omni.layers import lengths_mask
 from omni.stages import TalkerStage
@@ -49,11 +49,13 @@ cfg, args = load_config(TalkerStage, description=__doc__)
 def train_codec(c) -> None:
     run = Run(c, name="codec", metric="val_recon_l1", mode="min", force=args.force)
     n_mels, K = c.model.n_mels, c.model.n_codebooks
-    train_set = ResumableDataset(SpeechClips(load_asr_records(c.data.train_manifest), n_mels=n_mels),
-                                 batch_size=c.train.batch_size, seed=c.train.seed, bucket_batches=c.data.bucket_batches)
-    val_source = SpeechClips(load_asr_records(c.data.val_manifest), n_mels=n_mels)
+    train_records = load_asr_records(c.data.train_manifest, key="codec.data.train_manifest", log=run.info)
+    train_set = ResumableDataset(SpeechClips(train_records, n_mels=n_mels), batch_size=c.train.batch_size,
+                                 seed=c.train.seed, bucket_batches=c.data.bucket_batches)
+    val_source = SpeechClips(load_asr_records(c.data.val_manifest, key="codec.data.val_manifest", log=run.info),
+                             n_mels=n_mels)
     run.info(f"data: {len(train_set)} training clips, {len(val_source)} validation clips")
-    require_usable(val_source, name=c.data.val_manifest)
+    require_usable(val_source, name=source_name(c.data.val_manifest))
     built = build_codec(c)
     model = run.setup(built.model, built.optimizer(), train_set)
 
@@ -129,11 +131,11 @@ def train_talker(t, codec_dir) -> None:
                          f"{t.model.text_vocab_size}")
 
     # ---- data: text ids + codes, encoded once by the frozen codec (rank 0 builds, the others wait)
-    def codes(manifest, name) -> TalkerCodes:
+    def codes(paths, name) -> TalkerCodes:
         kwargs = dict(codec=codec, codec_file=codec_file, tokenizer=tokenizer, max_text_len=t.model.max_text_len,
                       max_frames=t.model.max_frames, cache_dir=run.run_dir, name=name, device=run.device, log=run.info)
         if run.is_main:
-            build_code_cache(load_asr_records(manifest), **kwargs)
+            build_code_cache(load_asr_records(paths, key=f"talker.data.{name}_manifest", log=run.info), **kwargs)
         barrier()
         return TalkerCodes(code_cache_path(run.run_dir, name))
 
@@ -143,7 +145,7 @@ def train_talker(t, codec_dir) -> None:
     unusable = sum(bool(b) for b in val_codes.bad)
     run.info(f"data: {len(train_set)} training utterances, {len(val_codes)} validation utterances "
              f"({unusable} unusable, not scored)")
-    require_usable(val_codes, name=t.data.val_manifest)
+    require_usable(val_codes, name=source_name(t.data.val_manifest))
 
     # ---- model
     built = build_talker(t)

@@ -28,7 +28,7 @@ from omni.builders import build_vocoder
 from omni.components import vocoder_weights
 from omni.config import load_config
 from omni.data.resumable import ResumableDataset, require_usable
-from omni.data.speech import load_asr_records
+from omni.data.speech import load_asr_records, source_name
 from omni.data.tts import SpeechClips, random_segments
 from omni.stages import VocoderStage
 from omni.training import Run
@@ -47,11 +47,13 @@ if run.world_size > 1:
     raise SystemExit("train_vocoder.py runs as a single process (see its docstring); launch it without torchrun")
 
 # ---- data
-val_records = load_asr_records(cfg.data.val_manifest)[: cfg.data.val_utterances]
-train_set = ResumableDataset(SpeechClips(load_asr_records(cfg.data.train_manifest), n_mels=cfg.model.n_mels,
-                                         with_wav=True), batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+val_records = load_asr_records(cfg.data.val_manifest, key="data.val_manifest", log=run.info)
+val_records = val_records[: cfg.data.val_utterances]
+train_records = load_asr_records(cfg.data.train_manifest, key="data.train_manifest", log=run.info)
+train_set = ResumableDataset(SpeechClips(train_records, n_mels=cfg.model.n_mels, with_wav=True),
+                             batch_size=cfg.train.batch_size, seed=cfg.train.seed)
 val_source = SpeechClips(val_records, n_mels=cfg.model.n_mels)
-require_usable(val_source, name=cfg.data.val_manifest)  # before any step, not at the first evaluation
+require_usable(val_source, name=source_name(cfg.data.val_manifest))  # before any step, not at the first evaluation
 run.info(f"data: {len(train_set)} training clips (random {cfg.data.segment_frames}-frame crops), "
          f"{len(val_source)} validation clips")
 

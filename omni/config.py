@@ -222,6 +222,8 @@ def missing_data_paths(cfg, prefix: str = "") -> list[str]:
                 missing += missing_data_paths(value, f"{prefix}{f.name}.")
         elif f.name in DATA_PATH_KEYS and isinstance(value, str) and not Path(value).exists():
             missing.append(f"{prefix}{f.name}={value}")
+        elif f.name in DATA_PATH_KEYS and isinstance(value, list):  # several sources: each must exist
+            missing += [f"{prefix}{f.name}[{i}]={p}" for i, p in enumerate(value) if not Path(p).exists()]
     return missing
 
 

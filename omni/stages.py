@@ -140,10 +140,11 @@ class SpecAugmentConfig:
 
 @dataclass
 class AudioData:
-    # A JSONL manifest {"audio", "text"[, "duration"]} (paths relative to it), a LibriSpeech split folder or an
-    # LJSpeech folder (omni.data.speech.load_asr_records).
-    train_manifest: str = "data/speech/train.jsonl"
-    val_manifest: str = "data/speech/val.jsonl"  # held-out utterances for CER / WER
+    # A JSONL manifest {"audio", "text"[, "duration"]} (paths relative to it), a Common Voice split TSV, a transcript
+    # CSV/TSV, a LibriSpeech split folder or an LJSpeech folder, or a list of these read in order
+    # (omni.data.speech.load_asr_records).
+    train_manifest: str | list[str] = "data/speech/train.jsonl"
+    val_manifest: str | list[str] = "data/speech/val.jsonl"  # held-out utterances for CER / WER
     max_mel_length: int | None = None  # longer clips are skipped (and counted); every batch is padded to it (static
     # shapes, needed by train.compile; scripts/check_mel_lengths.py recommends one); None = pad to the batch's longest
     bucket_batches: int = 8  # sort windows of this many batches by clip length to cut padding; 0 = plain shuffle
@@ -225,8 +226,8 @@ class SftStage:
 
 @dataclass
 class CodecData:
-    train_manifest: str = "data/speech/train.jsonl"  # speech clips (transcripts unused): JSONL, LibriSpeech, LJSpeech
-    val_manifest: str = "data/speech/val.jsonl"  # held-out clips for reconstruction error and codebook perplexity
+    train_manifest: str | list[str] = "data/speech/train.jsonl"  # speech clips (transcripts unused): as AudioData's
+    val_manifest: str | list[str] = "data/speech/val.jsonl"  # held-out clips for reconstruction error and perplexity
     crop_frames: int = 400  # training clips longer than this (mel frames, 100 Hz) get a random crop of this length
     bucket_batches: int = 8  # sort windows of this many batches by clip length to cut padding; 0 = plain shuffle
     val_batch_size: int = 32
@@ -243,8 +244,8 @@ class CodecPhase:
 
 @dataclass
 class TalkerData:
-    train_manifest: str = "data/speech/train.jsonl"  # speech with transcripts, encoded once by the frozen codec
-    val_manifest: str = "data/speech/val.jsonl"  # held-out utterances for code CE / accuracy
+    train_manifest: str | list[str] = "data/speech/train.jsonl"  # speech + transcripts (as AudioData's), encoded
+    val_manifest: str | list[str] = "data/speech/val.jsonl"  # once by the frozen codec; val: code CE / accuracy
     tokenizer: str = "checkpoints/thinker_tiny/tokenizer.model"  # the Stage-A tokenizer (shared with the Thinker)
     bucket_batches: int = 8  # sort windows of this many batches by sequence length to cut padding; 0 = shuffle
     val_batch_size: int = 32
@@ -291,8 +292,8 @@ class TalkerStage:
 
 @dataclass
 class VocoderData:
-    train_manifest: str = "data/speech/train.jsonl"  # speech clips (transcripts unused): JSONL, LibriSpeech, LJSpeech
-    val_manifest: str = "data/speech/val.jsonl"  # held-out clips: mel-L1 of HiFi-GAN vs Griffin-Lim on their mels
+    train_manifest: str | list[str] = "data/speech/train.jsonl"  # speech clips (transcripts unused): as AudioData's
+    val_manifest: str | list[str] = "data/speech/val.jsonl"  # held-out clips: mel-L1 of HiFi-GAN vs Griffin-Lim
     segment_frames: int = 32  # random training crop in mel frames (32 = 0.32 s = 5120 samples)
     val_utterances: int | None = 64  # the first N validation clips are scored (Griffin-Lim is slow); None = all
     griffin_lim_iters: int = 32  # iterations of the Griffin-Lim baseline

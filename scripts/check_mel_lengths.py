@@ -1,8 +1,9 @@
 """Length statistics of an ASR dataset, and the data.max_mel_length to pad to (static shapes for train.compile).
 
-    python scripts/check_mel_lengths.py data/speech/train.jsonl [--keep 99.5] [--ctc-upsample 2]
+    python scripts/check_mel_lengths.py data/speech/train.jsonl [more paths...] [--keep 99.5] [--ctc-upsample 2]
 
-Accepts whatever train_audio_enc.py reads (a JSONL manifest, a LibriSpeech split folder, an LJSpeech folder).
+Accepts whatever train_audio_enc.py reads (a JSONL manifest, a Common Voice split TSV, a transcript CSV/TSV, a
+LibriSpeech split folder, an LJSpeech folder), and several of them as data.train_manifest's list does.
 Durations come from the manifest's "duration" field when present, else from the audio file headers (no samples are
 read). Prints percentiles of the clip length in seconds, 100 Hz mel frames and 12.5 Hz encoder frames, the
 transcript lengths, how many transcripts are too long for CTC to align, and a recommended max_mel_length: the
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from omni.audio import ENCODER_SUBSAMPLING, MEL_FRAME_RATE, SAMPLE_RATE, encoder_frames, mel_frames  # noqa: E402
 from omni.ctc import min_ctc_frames  # noqa: E402
-from omni.data.speech import load_asr_records, normalize_transcript  # noqa: E402
+from omni.data.speech import load_asr_records, normalize_transcript, source_name  # noqa: E402
 
 PERCENTILES = (50, 90, 95, 99, 99.9, 100)
 
@@ -45,7 +46,7 @@ def recommend(frames: np.ndarray, keep: float) -> int:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("manifest", help="JSONL manifest, LibriSpeech split folder or LJSpeech folder")
+    parser.add_argument("manifest", nargs="+", help="speech data path(s), as data.train_manifest takes them")
     parser.add_argument("--keep", type=float, default=99.5, help="percent of clips max_mel_length should keep")
     parser.add_argument("--ctc-upsample", type=int, default=2, help="model.ctc_upsample (CTC frames per encoder "
                         "frame) for the alignability check")
@@ -53,7 +54,8 @@ def main(argv=None) -> None:
     if not 0 < args.keep <= 100:
         parser.error(f"--keep must be in (0, 100], got {args.keep}")
 
-    records = load_asr_records(args.manifest)
+    records = load_asr_records(args.manifest, key="data", log=print)
+    name = source_name(args.manifest)
     seconds, unreadable, too_long, label_lengths = [], [], 0, []
     for r in records:
         d = duration_seconds(r)
@@ -66,11 +68,11 @@ def main(argv=None) -> None:
         frames = mel_frames(round(d * SAMPLE_RATE))
         too_long += min_ctc_frames(text) > encoder_frames(frames) * args.ctc_upsample
     if not seconds:
-        raise SystemExit(f"{args.manifest}: none of the {len(records)} audio files is readable")
+        raise SystemExit(f"{name}: none of the {len(records)} audio files is readable")
     seconds = np.asarray(seconds)
     frames = np.asarray([mel_frames(round(s * SAMPLE_RATE)) for s in seconds])
 
-    print(f"{args.manifest}: {len(records)} utterances, {seconds.sum() / 3600:.2f} h of audio")
+    print(f"{name}: {len(records)} utterances, {seconds.sum() / 3600:.2f} h of audio")
     print(f"{'percentile':>10} {'seconds':>9} {'mel frames':>11} {'enc frames':>11} {'characters':>11}")
     for p in PERCENTILES:
         f = int(np.ceil(np.percentile(frames, p)))

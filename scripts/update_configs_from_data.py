@@ -82,8 +82,8 @@ def count_data(stage: str, part_cfg, tokenizer: str | None) -> dict:
             how = f"ESTIMATED at 1.3 tokens/word (no tokenizer at {tok_path} yet; rerun after Stage A for exact)"
         return {"documents": len(docs), "tokens": tokens, "samples": max(0, (tokens - 1) // data.seq_len),
                 "note": how}
-    if stage in SPEECH_STAGES:
-        records = load_asr_records(data.train_manifest)
+    if stage in SPEECH_STAGES:  # any speech layout, or a list of them; prints which layout each path is
+        records = load_asr_records(data.train_manifest, key="train_manifest", log=print)
         seconds, unreadable = audio_seconds(records)
         out = {"samples": len(records), "audio_seconds": round(seconds, 1), "audio_hours": round(seconds / 3600, 3)}
         if unreadable:
@@ -108,10 +108,13 @@ def schedule(train, samples: int, args) -> dict:
 
 
 def rewrite_paths(data: dict, data_dir: Path) -> None:
+    """Each data path (each path of a list too) as data_dir/<folder>/<file>."""
+    def moved(old: str) -> str:
+        return str(data_dir / Path(old).parent.name / Path(old).name)
+
     for key in DATA_PATH_KEYS:
         if key in data:
-            old = Path(data[key])
-            data[key] = str(data_dir / old.parent.name / old.name)
+            data[key] = [moved(p) for p in data[key]] if isinstance(data[key], list) else moved(data[key])
 
 
 def diff(old, new, prefix: str = "") -> list[str]:

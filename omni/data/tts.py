@@ -1,7 +1,8 @@
 """Speech-out data (Stage D codec and Talker, the vocoder): clips as log-mels (+ waveforms), and text -> codes pairs.
 
-Records come from `omni.data.speech.load_asr_records` (JSONL manifests, LibriSpeech or LJSpeech folders), so every
-layout Stage B reads feeds these stages too.
+Records come from `omni.data.speech.load_asr_records` (JSONL manifests, Common Voice TSVs, transcript CSV/TSV tables,
+LibriSpeech or LJSpeech folders, or a list of these): {"audio", "text"[, "duration"]}, so every layout Stage B reads
+feeds these stages too.
 
 - `SpeechClips`: item -> log-mel (T, F) (+ the 16 kHz waveform for the vocoder). Batches are padded with silence
   (log-mel floor, zero samples), so a padded mel and its padded waveform still describe the same sound.
@@ -122,12 +123,18 @@ def _code_cache_inputs(records: list[dict], codec_file, tokenizer, n_mels: int, 
     """What a code cache depends on (see omni.data.fingerprint): every audio file by size and mtime (a clip
     re-rendered in place changes its codes), the codec weights and the record list (transcripts included) by
     hash, the tokenizer, and the limits that decide which records are unusable. A missing audio file is an input
-    too (its record is a bad sample), so the cache is rebuilt when it appears."""
-    records_hash = hashlib.sha256(json.dumps([[str(r["audio"]), r["text"]] for r in records]).encode())
+    too (its record is a bad sample), so the cache is rebuilt when it appears. A record's duration belongs to the
+    record list: it decides whether a decoded clip counts as cut short (a bad sample)."""
+    records_hash = hashlib.sha256(json.dumps([[str(r["audio"]), r["text"], *_duration(r)] for r in records]).encode())
     return fingerprint.cache_inputs(
         [r["audio"] for r in records], missing_ok=True,
         codec=fingerprint.file_digest(codec_file), tokenizer=tokenizer.fingerprint,
         records=records_hash.hexdigest()[:16], n_mels=n_mels, max_text_len=max_text_len, max_frames=max_frames)
+
+
+def _duration(record: dict) -> list[float]:
+    """[duration] when the record states one, else [] (records without one hash as they always did)."""
+    return [record["duration"]] if record.get("duration") is not None else []
 
 
 @torch.no_grad()
