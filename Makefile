@@ -15,6 +15,14 @@ setup: $(STAMP)
 	  else \
 	    echo "hint: install espeak-ng (e.g. sudo apt-get install espeak-ng); the speech stages need it"; \
 	  fi; }
+	@fc-list 2>/dev/null | grep -qi liberation || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing fonts-dejavu-core fonts-liberation (scripts/make_ocr_lines.py renders OCR lines with them)"; \
+	    (apt-get install -y -qq fonts-dejavu-core fonts-liberation >/dev/null 2>&1 || (apt-get update -qq && \
+	     apt-get install -y -qq fonts-dejavu-core fonts-liberation)); \
+	  else \
+	    echo "hint: sudo apt-get install fonts-dejavu-core fonts-liberation (fonts for scripts/make_ocr_lines.py)"; \
+	  fi; }
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -20,7 +20,7 @@ from omni.builders import build_ocr
 from omni.components import ocr_weights
 from omni.config import load_config
 from omni.ctc import VOCAB_FILE, CharVocab, pin_vocab
-from omni.data.images import OcrSource, read_ocr_manifest
+from omni.data.images import OcrSource, load_ocr_records
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.errors import UserError
 from omni.ocr import OcrModel
@@ -31,9 +31,10 @@ cfg, args = load_config(OcrStage, description=__doc__)
 
 # ---- vocabulary: from the training texts; the first run's vocab.json stays the run's alphabet. Read (and checked)
 # before Run, so that the config it records holds the real vocab_size; written once the run dir is locked.
-train_records = read_ocr_manifest(cfg.data.train_manifest)
-val_records = read_ocr_manifest(cfg.data.val_manifest)
 vocab_file, notes = Path(cfg.train.save_dir) / VOCAB_FILE, []
+train_records = load_ocr_records(cfg.data.train_manifest, cfg.data.train_images, key="data.train_manifest",
+                                 log=notes.append)
+val_records = load_ocr_records(cfg.data.val_manifest, cfg.data.val_images, key="data.val_manifest", log=notes.append)
 vocab = pin_vocab(CharVocab.from_texts(r["text"] for r in train_records), vocab_file, force=args.force,
                   source=cfg.data.train_manifest, log=notes.append, write=False)
 if cfg.model.vocab_size == 0:

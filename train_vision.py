@@ -22,7 +22,7 @@ from omni import evaluation
 from omni.builders import build_vision
 from omni.components import load_stage_model, vision_weights
 from omni.config import load_config
-from omni.data.images import ImageSource, label_names, read_image_manifest
+from omni.data.images import ImageSource, label_names, load_image_records
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.stages import VisionStage
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer
@@ -33,8 +33,11 @@ contrastive = cfg.model.objective == "contrastive"
 use_thinker = contrastive and cfg.model.use_thinker_for_text
 
 # ---- classes, tokenizer and Thinker: resolved before Run, so the config it records holds the real sizes
-train_records = read_image_manifest(cfg.data.train_manifest)
-val_records = read_image_manifest(cfg.data.val_manifest)
+data_notes = []  # which layout each path was read as, logged once the run exists
+train_records = load_image_records(cfg.data.train_manifest, cfg.data.train_images, key="data.train_manifest",
+                                   log=data_notes.append)
+val_records = load_image_records(cfg.data.val_manifest, cfg.data.val_images, key="data.val_manifest",
+                                 log=data_notes.append)
 labels = tokenizer = thinker = None
 if not contrastive:
     labels = label_names(train_records)
@@ -76,6 +79,8 @@ if contrastive:
 
 run = Run(cfg, name="vision", metric="i2t_r1" if contrastive else "val_acc", mode="max", force=args.force,
           trainable_only=use_thinker)
+for note in data_notes:
+    run.info(note)
 
 # ---- data
 def image_source(records) -> ImageSource:

@@ -49,8 +49,13 @@ class TextStage:
 
 @dataclass
 class VisionData:
-    train_manifest: str = "data/images/train.jsonl"  # JSONL {"image", "caption", "label"}, paths relative to it
+    # A JSONL manifest {"image", "caption", "label"} (paths relative to it), COCO captions JSON, Flickr8k/30k captions
+    # file or a captions table (omni.data.images.load_image_records detects which and logs it)
+    train_manifest: str = "data/images/train.jsonl"
     val_manifest: str = "data/images/val.jsonl"  # held-out images for retrieval R@k / accuracy
+    train_images: str | None = None  # image folder of train_manifest; None = the layout's convention (COCO:
+    # <root>/<split>/ for <root>/annotations/captions_<split>.json; Flickr: Images/, Flicker8k_Dataset/, ...)
+    val_images: str | None = None  # image folder of val_manifest, likewise
     tokenizer: str | None = "checkpoints/thinker_tiny/tokenizer.model"  # Stage-A tokenizer (contrastive captions)
     thinker_ckpt: str = "checkpoints/thinker_tiny/thinker.pt"  # Stage-A weights, used when model.use_thinker_for_text
     max_text_length: int = 32  # caption tokens kept (BOS included); train.compile pads every batch to it
@@ -81,8 +86,12 @@ class VisionStage:
 
 @dataclass
 class OcrData:
-    train_manifest: str = "data/ocr/train.jsonl"  # JSONL {"image", "text"}, paths relative to it
+    # A JSONL manifest {"image", "text"} (paths relative to it), an MJSynth annotation file or a labels file
+    # (`<image>\t<text>` lines) (omni.data.images.load_ocr_records detects which and logs it)
+    train_manifest: str = "data/ocr/train.jsonl"
     val_manifest: str = "data/ocr/val.jsonl"  # held-out lines for CER and exact-line accuracy
+    train_images: str | None = None  # folder the image paths of train_manifest are relative to; None = its folder
+    val_images: str | None = None  # likewise for val_manifest
     max_width: int | None = None  # wider lines are squeezed to it and every batch is padded to it (static shapes,
     # needed by train.compile); None = pad each batch to its widest line
     bucket_batches: int = 8  # sort windows of this many batches by line length to cut padding; 0 = plain shuffle

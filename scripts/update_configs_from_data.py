@@ -3,8 +3,9 @@
     python scripts/update_configs_from_data.py configs/thinker_tiny.json [--epochs 3] [--data-dir /data/omni]
                                                [--world-size 2] [--dry-run]
 
-Counts what the config's data paths point at: samples (manifest lines; for Stage A, seq_len windows of the
-tokenized corpus), text tokens (Stage A, with the run's tokenizer when it exists) and audio seconds (speech stages:
+Counts what the config's data paths point at: samples (manifest lines; Stage C captions and OCR lines in any layout
+their scripts read, e.g. COCO captions or MJSynth; for Stage A, seq_len windows of the tokenized corpus), text
+tokens (Stage A, with the run's tokenizer when it exists) and audio seconds (speech stages:
 the manifest's "duration" or the file header via soundfile.info, no samples read). Then, per training part (Stage D
 has two: codec and talker):
 
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from omni.atomic import atomic_write_text  # noqa: E402
 from omni.config import from_dict  # noqa: E402
+from omni.data.images import load_image_records, load_ocr_records  # noqa: E402
 from omni.data.manifest import read_jsonl_lines  # noqa: E402
 from omni.data.speech import load_asr_records  # noqa: E402
 from omni.data.text import read_documents  # noqa: E402
@@ -88,6 +90,16 @@ def count_data(stage: str, part_cfg, tokenizer: str | None) -> dict:
         out = {"samples": len(records), "audio_seconds": round(seconds, 1), "audio_hours": round(seconds / 3600, 3)}
         if unreadable:
             out["unreadable_audio"] = unreadable
+        return out
+    if stage in ("vision", "ocr"):  # any layout train_vision.py / train_ocr.py read, through the same reader
+        load = load_image_records if stage == "vision" else load_ocr_records
+        records = load(data.train_manifest, data.train_images, key="data.train_manifest", log=print)
+        out = {"samples": len(records)}
+        if stage == "vision":
+            out["images"] = len({r["image"] for r in records if not r.get("error")})
+        bad = sum(bool(r.get("error")) for r in records)
+        if bad:
+            out["malformed_rows"] = bad
         return out
     return {"samples": len(read_jsonl_lines(data.train_manifest))}
 
