@@ -16,9 +16,39 @@ from pathlib import Path
 
 import torch
 
+from omni.config import load_config_file
+from omni.errors import UserError
 from omni.training import loader
 
 AMP_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# Stage name (omni.stages.STAGE_CLASSES) -> the final-weights file its script writes into train.save_dir.
+WEIGHTS_FILES = {"text": "thinker.pt", "audio": "audio_enc.pt", "vision": "vision.pt", "ocr": "ocr.pt",
+                 "sft": "omni_final.pt", "talker": "talker.pt", "vocoder": "hifigan.pt"}
+
+
+def resolve_stage(config: str | Path, overrides=(), stage: str | None = None, *, among=tuple(WEIGHTS_FILES)):
+    """(stage name, config) of any stage's config file, for the tools that take one (scripts/evaluate.py,
+    scripts/check_data.py): `stage` when given, else `omni.stages.detect_stage` (its keys, else its file name)."""
+    import json
+
+    from omni.stages import STAGE_CLASSES, detect_stage
+
+    if not Path(config).is_file():
+        raise UserError(f"config file not found: {config}")
+    if stage is None:
+        try:
+            data = json.loads(Path(config).read_text(encoding="utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            load_config_file(STAGE_CLASSES["text"], config)  # raises the config error naming the line
+            raise
+        try:
+            stage = detect_stage(data if isinstance(data, dict) else {}, Path(config).name)
+        except ValueError as e:
+            raise UserError(f"{e} with --stage") from None
+    if stage not in among:
+        raise UserError(f"{config}: stage {stage!r}; this tool takes one of {', '.join(among)} (--stage)")
+    return stage, load_config_file(STAGE_CLASSES[stage], config, list(overrides))
 
 
 class Evaluator:

@@ -22,48 +22,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from omni import evaluation  # noqa: E402
-from omni.config import ConfigError, from_dict, load_config_file, missing_data_paths  # noqa: E402
+from omni.config import from_dict, missing_data_paths  # noqa: E402
 from omni.errors import UserError  # noqa: E402
-from omni.stages import AudioStage, OcrStage, SftStage, TextStage, VisionStage  # noqa: E402
 from omni.training.distributed import local_device  # noqa: E402
 
-STAGES = {"text": TextStage, "audio": AudioStage, "vision": VisionStage, "ocr": OcrStage, "sft": SftStage}
-# The final-weights file each stage writes into train.save_dir (omni/components.py) and the config file prefix.
-WEIGHTS = {"text": "thinker.pt", "audio": "audio_enc.pt", "vision": "vision.pt", "ocr": "ocr.pt",
-           "sft": "omni_final.pt"}
-PREFIXES = {"text": "thinker", "audio": "audio_enc", "vision": "vision", "ocr": "ocr", "sft": "omni_sft"}
-
-
-def resolve_stage(args) -> tuple[str, object]:
-    """(stage name, config): --stage, else the one stage whose config class takes the file, else the one whose
-    final weights exist in its train.save_dir, else the config file name's prefix."""
-    names = [args.stage] if args.stage else list(STAGES)
-    fits, errors = {}, {}
-    for name in names:
-        try:
-            fits[name] = load_config_file(STAGES[name], args.config, args.set)
-        except ConfigError as e:
-            errors[name] = str(e)
-    if not fits:
-        raise UserError("the config fits no stage: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
-    if len(fits) > 1:
-        done = [n for n, c in fits.items() if (Path(c.train.save_dir) / WEIGHTS[n]).is_file()]
-        named = [n for n in fits if Path(args.config).name.startswith(PREFIXES[n])]
-        for narrowed in (done, named, [n for n in done if n in named]):
-            if len(narrowed) == 1:
-                fits = {narrowed[0]: fits[narrowed[0]]}
-                break
-        else:
-            raise UserError(f"{args.config} fits the stages {sorted(fits)}: pass --stage")
-    return next(iter(fits.items()))
+STAGES = ("text", "audio", "vision", "ocr", "sft")  # the stages scored here (omni/evaluation.py)
 
 
 def weights_file(stage: str, cfg, given: str | None) -> Path:
     path = Path(given) if given else Path(cfg.train.save_dir)
-    path = path / WEIGHTS[stage] if path.is_dir() else path
+    name = evaluation.WEIGHTS_FILES[stage]
+    path = path / name if path.is_dir() else path
     if not path.is_file():
-        raise UserError(f"no final weights at {path}: train the stage first (its script writes {WEIGHTS[stage]} "
-                        "into train.save_dir) or pass --weights FILE")
+        raise UserError(f"no final weights at {path}: train the stage first (its script writes {name} into "
+                        "train.save_dir) or pass --weights FILE")
     return path
 
 
@@ -91,7 +63,8 @@ def audio(cfg, path: Path, log):
 
     model, saved = load_stage_model(path, "audio_encoder")
     vocab = CharVocab.from_list(saved.extras["vocab"])
-    source = AsrSource(load_asr_records(cfg.data.val_manifest), vocab=vocab, n_mels=model.encoder.cfg.n_mels,
+    records = load_asr_records(cfg.data.val_manifest, key="data.val_manifest", log=log)
+    source = AsrSource(records, vocab=vocab, n_mels=model.encoder.cfg.n_mels,
                        max_mel_length=cfg.data.max_mel_length, ctc_upsample=saved.extras["ctc_upsample"],
                        max_encoder_frames=model.encoder.cfg.max_frames)
     require_usable(source, name=cfg.data.val_manifest)
@@ -102,13 +75,14 @@ def audio(cfg, path: Path, log):
 def ocr(cfg, path: Path, log):
     from omni.components import load_stage_model
     from omni.ctc import CharVocab
-    from omni.data.images import OcrSource, read_ocr_manifest
+    from omni.data.images import OcrSource, load_ocr_records
     from omni.data.resumable import require_usable
     from omni.ocr import OcrModel
 
     model, saved = load_stage_model(path, "ocr")
     vocab = CharVocab.from_list(saved.extras["vocab"])
-    source = OcrSource(read_ocr_manifest(cfg.data.val_manifest), vocab=vocab, height=model.cfg.height,
+    records = load_ocr_records(cfg.data.val_manifest, cfg.data.val_images, key="data.val_manifest", log=log)
+    source = OcrSource(records, vocab=vocab, height=model.cfg.height,
                        max_width=saved.extras.get("max_width"), width_stride=OcrModel.width_stride,
                        max_frames=model.cfg.max_frames)
     require_usable(source, name=cfg.data.val_manifest)
@@ -119,7 +93,7 @@ def ocr(cfg, path: Path, log):
 def vision(cfg, path: Path, log):
     from omni.components import load_stage_model
     from omni.contrastive import ContrastiveConfig, ContrastiveModel
-    from omni.data.images import ImageSource, read_image_manifest
+    from omni.data.images import ImageSource, load_image_records
     from omni.data.resumable import require_usable
     from omni.tokenizer import Tokenizer
     from omni.training.checkpoint import load
@@ -135,7 +109,8 @@ def vision(cfg, path: Path, log):
                         f"unexpected {unexpected[:5]})")
     labels = data.get("labels")
     tokenizer = Tokenizer.load(path.parent / data["tokenizer"]) if data.get("tokenizer") else None
-    source = ImageSource(read_image_manifest(cfg.data.val_manifest), image_size=model_cfg.vision.image_size,
+    records = load_image_records(cfg.data.val_manifest, cfg.data.val_images, key="data.val_manifest", log=log)
+    source = ImageSource(records, image_size=model_cfg.vision.image_size,
                          caption_tokenizer=tokenizer, labels=labels, max_caption_tokens=cfg.data.max_text_length,
                          pad_captions=cfg.train.compile)
     require_usable(source, name=cfg.data.val_manifest)
@@ -180,14 +155,12 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, help="the stage's JSON config (as trained)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="dotted overrides, e.g. data.val_manifest=my_test.jsonl")
-    parser.add_argument("--stage", choices=sorted(STAGES), help="default: inferred from the config")
+    parser.add_argument("--stage", choices=STAGES, help="default: inferred from the config")
     parser.add_argument("--weights", help="final-weights file or run dir (default: the config's train.save_dir)")
     parser.add_argument("--json", help="also write the metrics to this JSON file")
     parser.add_argument("--device", default=None, help="default: the config's train.device")
     args = parser.parse_args(argv)
-    if not Path(args.config).is_file():
-        raise UserError(f"config file not found: {args.config}")
-    stage, cfg = resolve_stage(args)
+    stage, cfg = evaluation.resolve_stage(args.config, args.set, args.stage, among=STAGES)
     val_key = "val_path" if stage == "text" else "val_manifest"
     missing = [m for m in missing_data_paths(cfg.data, "data.") if m.startswith(f"data.{val_key}=")]
     if missing:
