@@ -114,18 +114,23 @@ def saved_config(path: str | None) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]
 
 
-def char_vocab(manifest: str, normalize: bool) -> int | None:
-    """CTC ids (characters + blank) of a JSONL manifest's "text" fields, as the stage script counts them; None when
-    the manifest is not at hand (or is a LibriSpeech/LJSpeech folder, not read here)."""
+def char_vocab(manifest, normalize: bool) -> int | None:
+    """CTC ids (characters + blank) of the training texts, as the stage script counts them; None when the data is not
+    at hand. ASR data (normalize) is read as train_audio_enc.py reads it (any speech layout, or a list of paths);
+    OCR data from a JSONL manifest only."""
     from omni.ctc import CharVocab
-    from omni.data.speech import normalize_transcript
+    from omni.data.speech import load_asr_records, normalize_transcript, source_paths
 
+    if normalize:
+        if not all(p.exists() for p in source_paths(manifest)):
+            return None
+        return len(CharVocab.from_texts(normalize_transcript(r["text"]) for r in load_asr_records(manifest)))
     path = Path(manifest)
     if path.suffix != ".jsonl" or not path.is_file():
         return None
     with path.open() as f:
         texts = [json.loads(line)["text"] for line in f if line.strip()]
-    return len(CharVocab.from_texts(normalize_transcript(t) if normalize else t for t in texts))
+    return len(CharVocab.from_texts(texts))
 
 
 def build(stage: str, cfg, path: Path, args, device: str = "meta") -> tuple[dict[str, torch.nn.Module], list[str]]:

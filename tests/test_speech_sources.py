@@ -187,6 +187,18 @@ def test_each_path_of_a_list_must_exist_before_a_run(tmp_path, tones):
     assert cfg.data.val_manifest == [str(tones / "val.jsonl")]
 
 
+def test_calculate_model_size_counts_the_ctc_alphabet_of_a_list_of_sources(cv, folder):
+    import importlib
+
+    from omni.text_frontend import normalize_transcript
+
+    char_vocab = importlib.import_module("scripts.calculate_model_size").char_vocab
+    paths = [str(cv / "train.tsv"), str(folder)]
+    texts = [normalize_transcript(r["text"]) for r in load_asr_records(paths)]
+    assert char_vocab(paths, normalize=True) == len(CharVocab.from_texts(texts))
+    assert char_vocab([*paths, str(folder / "missing.csv")], normalize=True) is None  # not at hand: assumed
+
+
 class ByteTokenizer:
     """Stands in for the Stage-A tokenizer: the code cache needs only encode() and a fingerprint."""
 
