@@ -15,6 +15,7 @@ from omni.config import load_config
 from omni.data import fingerprint
 from omni.data.resumable import ResumableDataset
 from omni.data.text import TokenWindows, build_token_cache, open_tokens, token_cache_path
+from omni.data.text_sources import open_corpus
 from omni.stages import TextStage
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer, train_tokenizer
 from omni.training import Run
@@ -26,21 +27,24 @@ run = Run(cfg, name="thinker", metric="val_ppl", mode="min", force=args.force)
 # ---- tokenizer and data (rank 0 builds, the others wait and load)
 tokenizer_path = cfg.data.tokenizer or run.run_dir / TOKENIZER_FILE
 if run.is_main:
+    # Any layout omni.data.text_sources reads (file, folder or glob of .txt/.jsonl/.parquet shards); logged there.
+    train_corpus, val_corpus = open_corpus(cfg.data.train_path), open_corpus(cfg.data.val_path)
     # The tokenizer trained here is this run's for good (the model's ids depend on it), even when the corpus changes.
-    trained_on = fingerprint.cache_inputs([cfg.data.train_path], vocab_size=cfg.model.vocab_size,
-                                          model_type=cfg.data.tokenizer_model_type)
+    sample = {"sample_docs": cfg.data.tokenizer_sample_docs, "sample_bytes": cfg.data.tokenizer_sample_bytes}
+    trained_on = fingerprint.cache_inputs(train_corpus.shards, vocab_size=cfg.model.vocab_size,
+                                          model_type=cfg.data.tokenizer_model_type, **sample)
     if cfg.data.tokenizer is None and not tokenizer_path.exists():
         run.info(f"training a {cfg.model.vocab_size}-piece tokenizer on {cfg.data.train_path}")
-        train_tokenizer([cfg.data.train_path], run.run_dir, vocab_size=cfg.model.vocab_size,
-                        model_type=cfg.data.tokenizer_model_type)
+        train_tokenizer([train_corpus], run.run_dir, vocab_size=cfg.model.vocab_size,
+                        model_type=cfg.data.tokenizer_model_type, **sample, log=run.info)
         fingerprint.record_built(tokenizer_path, trained_on)
     elif (cfg.data.tokenizer is None and fingerprint.read_record(tokenizer_path)  # (none: trained before records)
           and (why := fingerprint.stale_reason(tokenizer_path, trained_on))):
         run.info(f"WARNING: keeping this run's {tokenizer_path}, although it was trained on other data ({why}); "
                  "use a new train.save_dir for a tokenizer of the corpus as it is now")
     tokenizer = Tokenizer.load(tokenizer_path)
-    build_token_cache(cfg.data.train_path, tokenizer, log=run.info)
-    build_token_cache(cfg.data.val_path, tokenizer, log=run.info)
+    build_token_cache(train_corpus, tokenizer, log=run.info)
+    build_token_cache(val_corpus, tokenizer, log=run.info)
 barrier()
 tokenizer = Tokenizer.load(tokenizer_path)
 if tokenizer.vocab_size != cfg.model.vocab_size:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import glob
 import json
 import math
 import types
@@ -220,11 +221,18 @@ def missing_data_paths(cfg, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(value):
             if phase in (None, "all") or f.name == phase:
                 missing += missing_data_paths(value, f"{prefix}{f.name}.")
-        elif f.name in DATA_PATH_KEYS and isinstance(value, str) and not Path(value).exists():
+        elif f.name in DATA_PATH_KEYS and isinstance(value, str) and not data_path_exists(value):
             missing.append(f"{prefix}{f.name}={value}")
         elif f.name in DATA_PATH_KEYS and isinstance(value, list):  # several sources: each must exist
-            missing += [f"{prefix}{f.name}[{i}]={p}" for i, p in enumerate(value) if not Path(p).exists()]
+            missing += [f"{prefix}{f.name}[{i}]={p}" for i, p in enumerate(value) if not data_path_exists(p)]
     return missing
+
+
+def data_path_exists(value: str) -> bool:
+    """A data path exists: a file or folder, or a glob (e.g. `data/text/*.parquet`) that matches at least one."""
+    if any(c in value for c in "*?["):
+        return next(glob.iglob(value, recursive=True), None) is not None
+    return Path(value).exists()
 
 
 def _fields_named(cfg, name: str, prefix: str = ""):

@@ -21,11 +21,18 @@ from omni.vocoder import VocoderConfig
 
 @dataclass
 class TextData:
-    train_path: str = "data/text/train.txt"  # plain text, documents separated by blank lines
-    val_path: str = "data/text/val.txt"  # held-out documents for perplexity
+    # A text corpus: a .txt file (documents separated by blank lines), a .jsonl file ("text" field), a parquet shard
+    # ("text" column), any of them .gz'd (not parquet), a folder of such shards or a glob of them, e.g.
+    # data/text/tinystories/data/train-*.parquet (omni.data.text_sources detects which and logs it)
+    train_path: str = "data/text/train.txt"
+    val_path: str = "data/text/val.txt"  # held-out documents for perplexity, same layouts
     seq_len: int = 512  # training context in tokens (<= model.max_seq_len)
     tokenizer: str | None = None  # existing tokenizer.model (or its folder); None = train one into save_dir
     tokenizer_model_type: str = "unigram"  # SentencePiece algorithm when training one: unigram | bpe
+    # The tokenizer trains on a seeded uniform sample of train_path of at most this many documents and bytes
+    # (0 = no bound); a smaller corpus is used whole.
+    tokenizer_sample_docs: int = 200_000
+    tokenizer_sample_bytes: int = 100_000_000
     val_batch_size: int = 16
     sample_prompts: list[str] = field(default_factory=lambda: ["Once upon a time", "The red circle"])
     sample_tokens: int = 40  # tokens generated per prompt at each evaluation (greedy), shown in the log
@@ -45,6 +52,9 @@ class TextStage:
             raise ValueError(f"data.seq_len must be >= 1, got {self.data.seq_len}")
         if self.data.seq_len > self.model.max_seq_len:
             raise ValueError(f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})")
+        for key in ("tokenizer_sample_docs", "tokenizer_sample_bytes"):
+            if getattr(self.data, key) < 0:
+                raise ValueError(f"data.{key} must be >= 0 (0 = no bound), got {getattr(self.data, key)}")
 
 
 @dataclass

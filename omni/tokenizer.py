@@ -11,7 +11,8 @@ Design choices:
 - Deterministic training: the same corpus and settings give a byte-identical model file on any machine. The
   corpus goes in as a sentence iterator and the model comes back in memory, so no file path lands in the model;
   the thread count is fixed (SentencePiece's result depends on it); the random seed is set (it drives sentence
-  sampling when `input_sentence_size` > 0). The file is written atomically (omni.atomic).
+  sampling when `input_sentence_size` > 0) and also seeds the bounded document sample a large corpus is cut to
+  (`sample_docs` / `sample_bytes`). The file is written atomically (omni.atomic).
 - `fingerprint` (sha256 of the model file) names caches derived from the tokenizer, e.g. tokenized corpora.
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import sentencepiece as spm
@@ -29,7 +30,7 @@ from omni.atomic import atomic_file
 
 # The token names are re-exported: `from omni.tokenizer import IM_END` keeps working.
 from omni.chat import AUDIO, BOS, EOS, IM_END, IM_START, IMAGE, N_CONTROL, PAD, SPECIAL_TOKENS, UNK  # noqa: F401
-from omni.data.manifest import decode_line
+from omni.data.text_sources import open_corpus, sample_documents
 from omni.errors import InvalidInput, MissingInput
 
 CHAT_ROLES = ("system", "user", "assistant")
@@ -38,23 +39,6 @@ MODEL_TYPES = ("unigram", "bpe")
 _NEWLINE_PIECE = "<0x0A>"  # the byte-fallback piece of "\n"
 # SentencePiece skips longer lines (default 4192 bytes); one paragraph per line can be longer than that.
 _MAX_SENTENCE_BYTES = 16384
-
-
-def _read_sentences(files: list[Path], counter: list) -> Iterator[str]:
-    """Non-blank lines of the corpus files in order; counter[0] counts them (to tell an empty corpus). Bytes that
-    are not UTF-8 end the iteration with the ValueError (naming file:line) appended to counter: raised through
-    SentencePiece it would come out as a RuntimeError wrapping a traceback."""
-    for path in files:
-        with path.open("rb") as f:
-            for line_no, raw in enumerate(f, start=1):
-                try:
-                    line = decode_line(raw, path, line_no).rstrip("\r\n")
-                except ValueError as e:
-                    counter.append(e)
-                    return
-                if line.strip():
-                    counter[0] += 1
-                    yield line
 
 
 def train_tokenizer(
@@ -67,31 +51,46 @@ def train_tokenizer(
     input_sentence_size: int = 0,
     num_threads: int = 4,
     seed: int = 0,
+    sample_docs: int = 0,
+    sample_bytes: int = 0,
+    log=None,
 ) -> Tokenizer:
-    """Train a SentencePiece model on the lines of `corpus_files`; write `out_dir/tokenizer.model`; return it loaded.
+    """Train a SentencePiece model on the text of `corpus_files`; write `out_dir/tokenizer.model`; return it loaded.
 
+    Each entry of corpus_files is a corpus in any layout of omni.data.text_sources (a .txt/.jsonl/.parquet file,
+    gzipped or not, a folder or a glob of shards). The model trains on the non-blank lines of its documents, or of a
+    bounded sample of them: sample_docs / sample_bytes (0 = no bound) keep a seeded uniform sample of at most that
+    many documents / UTF-8 bytes, read in one streaming pass (text_sources.sample_documents), so a multi-GB corpus
+    never sits in memory whole; when the whole corpus fits the bounds, it is all used. `log` (a callable) gets one
+    line saying how much was sampled.
     vocab_size counts everything: the special tokens, the 256 byte pieces and the learned pieces.
     model_type: "unigram" or "bpe". character_coverage: fraction of corpus characters that get their own piece
-    (1.0 for small alphabets; the rest fall back to bytes). input_sentence_size: train on a seeded random sample of
-    this many lines (0 = all lines). num_threads and seed are part of the result: change them and the model
-    (and its fingerprint) changes too.
+    (1.0 for small alphabets; the rest fall back to bytes). input_sentence_size: SentencePiece's own seeded sample
+    of this many lines of the text above (0 = all lines). num_threads and seed (which also seeds the document
+    sample) are part of the result: change them and the model (and its fingerprint) changes too.
     Raises ValueError when the corpus is empty or vocab_size does not fit it (naming the sizes that would).
     """
-    files = [Path(p) for p in corpus_files]
-    if not files:
+    if not corpus_files:
         raise ValueError("train_tokenizer: corpus_files is empty")
-    for path in files:
-        if not path.is_file():
-            raise MissingInput(f"train_tokenizer: corpus file not found: {path}")
     if model_type not in MODEL_TYPES:
         raise ValueError(f"train_tokenizer: model_type={model_type!r}; expected one of {MODEL_TYPES}")
-    names = ", ".join(str(p) for p in files)
-    counter = [0]
+    corpora = [open_corpus(p) for p in corpus_files]  # MissingInput names a path that is not there
+    names = ", ".join(c.spec for c in corpora)
+    # Read (and check: not UTF-8, bad JSON, ...) before SentencePiece runs: an error raised through it would come
+    # out as a RuntimeError wrapping a traceback.
+    sample = sample_documents((doc for c in corpora for doc in c.documents()),
+                              max_docs=sample_docs, max_bytes=sample_bytes, seed=seed)
+    if log is not None:
+        log(f"tokenizer sample: {sample.describe()} of {names} (bounds: {sample_docs or 'no'} documents, "
+            f"{sample_bytes or 'no'} bytes; seed {seed})")
+    sentences = [line for doc in sample.documents for line in doc.split("\n") if line.strip()]
+    if not sentences:
+        raise InvalidInput(f"train_tokenizer: corpus is empty (no non-blank lines) in: {names}")
     writer = io.BytesIO()
     spm.set_random_generator_seed(seed)
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_read_sentences(files, counter),
+            sentence_iterator=iter(sentences),
             model_writer=writer,
             vocab_size=vocab_size,
             model_type=model_type,
@@ -107,11 +106,7 @@ def train_tokenizer(
             minloglevel=1,  # warnings (e.g. skipped lines) stay visible, the per-iteration log does not
         )
     except RuntimeError as e:
-        if len(counter) > 1:
-            raise counter[1] from None
         msg = str(e)
-        if counter[0] == 0:
-            raise InvalidInput(f"train_tokenizer: corpus is empty (no non-blank lines) in: {names}") from None
         if m := re.search(r"Vocabulary size too high \((\d+)\).*<= (\d+)", msg):
             raise InvalidInput(
                 f"train_tokenizer: vocab_size={m.group(1)} is too large for the corpus {names}; SentencePiece "
@@ -123,8 +118,6 @@ def train_tokenizer(
                 f"{m.group(2)} (special tokens, 256 byte pieces and one piece per covered character)."
             ) from None
         raise InvalidInput(f"train_tokenizer: SentencePiece failed on {names}: {msg}") from e
-    if len(counter) > 1:  # the corpus was cut short by bytes that are not UTF-8
-        raise counter[1]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / TOKENIZER_FILE

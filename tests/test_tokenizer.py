@@ -4,6 +4,7 @@ import pytest
 import sentencepiece as spm
 import torch
 
+from omni.data.text_sources import sample_documents
 from omni.synthetic.text import write_text_corpus
 from omni.tokenizer import AUDIO, IM_END, IM_START, IMAGE, SPECIAL_TOKENS, TOKENIZER_FILE, Tokenizer, train_tokenizer
 
@@ -156,3 +157,44 @@ def test_chat_rejects_bad_messages(tok):
         tok.encode_chat([{"role": "user"}])
     with pytest.raises(ValueError, match="message 0 content must be a str"):
         tok.encode_chat([{"role": "user", "content": None}])
+
+
+# ---- a large corpus: the tokenizer trains on a bounded, seeded sample read through the document stream
+
+def test_document_sample_is_bounded_seeded_and_uniform():
+    docs = [f"document number {i} " + "x" * (i % 7) for i in range(5000)]
+    a = sample_documents(iter(docs), max_docs=300, seed=1)
+    assert a.documents == sample_documents(iter(docs), max_docs=300, seed=1).documents  # same seed, same sample
+    assert a.documents != sample_documents(iter(docs), max_docs=300, seed=2).documents
+    assert len(a.documents) == 300 and a.seen == 5000
+    assert a.documents == sorted(a.documents, key=docs.index)  # kept in corpus order
+    assert max(docs.index(d) for d in a.documents) > 4000 and min(docs.index(d) for d in a.documents) < 1000
+    by_bytes = sample_documents(iter(docs), max_bytes=10_000, seed=1)
+    assert by_bytes.kept_bytes == sum(len(d.encode()) for d in by_bytes.documents)
+    assert 9_900 < by_bytes.kept_bytes <= 10_000  # within one document of the bound
+    assert sample_documents(iter(docs[:50]), max_docs=300, max_bytes=10**6).documents == docs[:50]  # all fit
+
+
+def test_tokenizer_trains_on_a_bounded_sample_of_a_sharded_corpus(corpus, tok, tmp_path):
+    """Two gzipped JSONL shards (a glob): the sample is logged, the model reproducible, and a corpus that fits the
+    bounds gives the tokenizer of the whole corpus (the same file as training on the plain text)."""
+    import gzip
+    import json
+
+    from omni.data.text import read_documents
+
+    docs = read_documents(corpus / "train.txt")
+    for i, part in enumerate((docs[:1000], docs[1000:])):
+        with gzip.open(tmp_path / f"part-{i}.jsonl.gz", "wt", encoding="utf-8") as f:
+            f.writelines(json.dumps({"text": d}) + "\n" for d in part)
+    logs = []
+    glob = str(tmp_path / "part-*.jsonl.gz")
+    a = train_tokenizer([glob], tmp_path / "a", vocab_size=VOCAB, sample_docs=500, sample_bytes=10**8, log=logs.append)
+    b = train_tokenizer([glob], tmp_path / "b", vocab_size=VOCAB, sample_docs=500, sample_bytes=10**8)
+    assert a.model_path.read_bytes() == b.model_path.read_bytes()
+    assert logs == [f"tokenizer sample: 500 of 2,000 documents ({logs[0].split('(')[1].split(')')[0]}) of {glob} "
+                    "(bounds: 500 documents, 100000000 bytes; seed 0)"]
+    c = train_tokenizer([glob], tmp_path / "c", vocab_size=VOCAB, sample_docs=500, sample_bytes=10**8, seed=1)
+    assert c.fingerprint != a.fingerprint  # another sample
+    whole = train_tokenizer([glob], tmp_path / "whole", vocab_size=VOCAB, sample_docs=10**6, sample_bytes=10**9)
+    assert whole.fingerprint == tok.fingerprint
