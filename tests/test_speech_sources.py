@@ -10,6 +10,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,6 +198,30 @@ def test_calculate_model_size_counts_the_ctc_alphabet_of_a_list_of_sources(cv, f
     texts = [normalize_transcript(r["text"]) for r in load_asr_records(paths)]
     assert char_vocab(paths, normalize=True) == len(CharVocab.from_texts(texts))
     assert char_vocab([*paths, str(folder / "missing.csv")], normalize=True) is None  # not at hand: assumed
+
+
+def test_config_tools_read_every_speech_layout_and_lists(cv, folder, tones, tmp_path, capsys):
+    import importlib
+
+    update = importlib.import_module("scripts.update_configs_from_data")
+    check_mel_lengths = importlib.import_module("scripts.check_mel_lengths")
+    paths = [str(cv / "train.tsv"), str(folder / "val.tsv")]
+    cfg = load_config_file(AudioStage, _write(tmp_path / "a.json", {"data": {"train_manifest": paths}}))
+    counts = update.count_data("audio", cfg, None)
+    assert counts["samples"] == 20 and "unreadable_audio" not in counts
+    assert f"train_manifest: Common Voice TSV {paths[0]}, 16 clips" in capsys.readouterr().out
+    data = {"train_manifest": paths, "val_manifest": str(tones / "val.jsonl")}
+    update.rewrite_paths(data, Path("/d"))
+    assert data == {"train_manifest": ["/d/en/train.tsv", f"/d/{folder.name}/val.tsv"],
+                    "val_manifest": f"/d/{tones.name}/val.jsonl"}
+    check_mel_lengths.main([*paths, "--keep", "90"])
+    out = capsys.readouterr().out
+    assert f"{paths[0]} + {paths[1]}: 20 utterances" in out and "recommended data.max_mel_length" in out
+
+
+def _write(path, config):
+    path.write_text(json.dumps(config))
+    return path
 
 
 class ByteTokenizer:
