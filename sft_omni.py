@@ -87,8 +87,9 @@ stage_digests = {n: tensor_digest(p) for n, p in model.named_parameters()}
 del thinker_file, audio_file, vision_file
 
 # ---- data
-records = {split: read_sft_manifest(path) for split, path in (("train", cfg.data.train_manifest),
-                                                              ("val", cfg.data.val_manifest))}
+formats = []  # one line per file: the format read (LLaVA, ShareGPT, OpenAI messages, ours), logged once Run is up
+records = {split: read_sft_manifest(path, log=formats.append) for split, path in (("train", cfg.data.train_manifest),
+                                                                                  ("val", cfg.data.val_manifest))}
 for key, encoder in (("audio", audio_cfg), ("image", vision_cfg)):
     uses = [r["where"] for rs in records.values() for r in rs if r.get(key) is not None]
     if uses and encoder is None:
@@ -111,6 +112,8 @@ require_usable(val_source, name=cfg.data.val_manifest)  # before any step, not a
 
 # ---- optimizer: one group per component, each with its own peak LR
 run = Run(cfg, name="omni_sft", metric="mixed_acc", mode="max", force=args.force, trainable_only=True)
+for line in formats:
+    run.info(line)
 try:
     optimizer = built.optimizer()
 except ValueError as e:

@@ -247,7 +247,8 @@ def sft(report: Report, cfg, args) -> None:
     audio_cfg = configs["audio_encoder"] and configs["audio_encoder"][0]
     image_tokens = image_token_count(cfg.model.image_tokens, image_size=vision_cfg.image_size,
                                      patch_size=vision_cfg.patch_size, pool=cfg.model.image_pool) if vision_cfg else 0
-    records = {split: read_sft_manifest(getattr(cfg.data, f"{split}_manifest")) for split in ("train", "val")}
+    records = {split: read_sft_manifest(getattr(cfg.data, f"{split}_manifest"), log=report.line)
+               for split in ("train", "val")}
 
     def source(recs):
         return SftSource(recs, tokenizer=tokenizer, max_length=cfg.data.max_length,

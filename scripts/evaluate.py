@@ -141,7 +141,7 @@ def sft(cfg, path: Path, log):
         raise UserError(f"{path} does not fit the model built from its stage weights {stage}: unexpected "
                         f"{unexpected[:5]}, missing {[k for k in missing if '_projector.' in k][:5]}")
     tokenizer = Tokenizer.load(cfg.data.tokenizer or saved.tokenizer)
-    source = SftSource(read_sft_manifest(cfg.data.val_manifest), tokenizer=tokenizer,
+    source = SftSource(read_sft_manifest(cfg.data.val_manifest, log=log), tokenizer=tokenizer,
                        max_length=cfg.data.max_length, image_size=vit and vit.cfg.image_size,
                        image_tokens=model.image_token_count if vit is not None else 0,
                        n_mels=asr and asr.encoder.cfg.n_mels, max_mel_frames=cfg.data.max_mel_frames,

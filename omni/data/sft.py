@@ -6,6 +6,13 @@ A manifest line is `{"messages": [{"role": "user", "content": "<image> What colo
 the user turns per medium, and an optional "task" that names the group a metric is reported for (default:
 image_qa / audio_qa / text from the media present).
 
+Other formats are read too, detected per file from its first record (`sft_format`, logged): LLaVA's JSON array
+`[{"id", "image", "conversations": [{"from": "human"|"gpt", "value": "<image>\n..."}]}]`, ShareGPT records
+(`"conversations"`) and OpenAI-messages records (`"messages"` with `"images"` / `"audios"` lists, LLaMA-Factory's
+multimodal format), JSON array or JSONL; their media paths are relative to the file too. They are converted to ours
+(`convert_record`); one image and one audio clip per conversation are supported, and a record with more (or with
+turns that are not text) is a named bad sample.
+
 An item is `omni.chat.ChatEncoder.encode_prompt` of the conversation, as inference encodes it: the chat template
 of `Tokenizer.encode_chat` (the assistant mask covers each answer and its closing `<|im_end|>`) with its
 placeholders expanded to the number of Thinker tokens the model gives the medium (`image_tokens` per image, one per
@@ -19,6 +26,7 @@ JSON type ("image": 5, "task": 5, "duration": NaN) is an error.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import soundfile as sf
@@ -27,7 +35,7 @@ import torch
 from omni.audio import SAMPLE_RATE, AudioError, LogMel, load_audio, mel_frames
 from omni.chat import IGNORE_INDEX, ChatEncoder, audio_token_count, sft_targets
 from omni.data.images import image_to_tensor, load_image
-from omni.data.manifest import check_fields, read_jsonl_lines, resolve
+from omni.data.manifest import DataError, check_fields, read_jsonl_lines, resolve
 from omni.data.resumable import BadSample
 from omni.data.speech import check_encoder_frames
 
@@ -36,18 +44,107 @@ def default_task(record: dict) -> str:
     return "image_qa" if record.get("image") else "audio_qa" if record.get("audio") else "text"
 
 
-def read_sft_manifest(path: str | Path) -> list[dict]:
-    """Records of an SFT manifest: the JSON object plus "where" (manifest:line), media paths resolved against the
-    manifest and "task" filled in. Field types are checked here (an error naming manifest:line); the conversation's
-    structure is checked per item by `SftSource` (a bad record is skipped)."""
+# Roles of the foreign formats -> ours (ShareGPT / LLaVA "from", OpenAI "role").
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant",
+         "model": "assistant", "system": "system"}
+FORMATS = {"omni": "omni JSONL ({messages, image, audio})",
+           "llava": "LLaVA JSON ({image, conversations: [{from, value}]})",
+           "sharegpt": "ShareGPT ({conversations: [{from, value}], images, audios})",
+           "messages": "OpenAI messages ({messages: [{role, content}], images, audios})"}
+
+
+def _records_of(path: Path) -> tuple[bool, list[tuple[int, object]]]:
+    """(is a JSON array file, [(line or item number, record)]): a .json file holding one array (LLaVA, ShareGPT
+    dumps) or JSONL, one record per line."""
+    if path.is_file():
+        with path.open("rb") as f:
+            head = f.read(4096).decode("utf-8-sig", errors="replace")
+        if head.lstrip().startswith("["):
+            try:
+                items = json.loads(path.read_text(encoding="utf-8-sig"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise DataError(f"{path}: not a valid JSON array ({e})") from None
+            return True, [(i + 1, item) for i, item in enumerate(items)]
+    return False, list(read_jsonl_lines(path, what="SFT manifest"))
+
+
+def sft_format(first: dict, is_array: bool) -> str:
+    """The format of a file from its first record: "conversations" = ShareGPT (LLaVA when a JSON array with a
+    single "image"), "messages" with "images"/"audios" lists = OpenAI messages (LLaMA-Factory), else ours."""
+    if isinstance(first, dict) and "conversations" in first:
+        return "llava" if is_array and "images" not in first and "audios" not in first else "sharegpt"
+    if isinstance(first, dict) and ("images" in first or "audios" in first):
+        return "messages"
+    return "omni"
+
+
+def _single(record: dict, key: str, where: str) -> tuple[str | None, str | None]:
+    """(the one path of a "images"/"audios" list or a single "image"/"audio", None) or (None, why it is unusable)."""
+    value = record.get(key)
+    if value is None or value == []:
+        return None, None
+    if isinstance(value, str):
+        return value, None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DataError(f"{where}: {key!r} must be a path or a list of paths, got {type(value).__name__}")
+    if len(value) > 1:
+        return None, f"{len(value)} {key} in one conversation; one image and one audio clip per conversation " \
+                     "are supported"
+    return value[0], None
+
+
+def convert_record(record: dict, fmt: str, where: str) -> dict:
+    """A ShareGPT / LLaVA / OpenAI-messages record -> ours ({"messages", "image", "audio", "task"?, "kind"?}),
+    or a record with "error" (a named bad sample: SftSource skips it) when it cannot be one conversation of ours."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
+    out = {k: record[k] for k in ("task", "kind", "duration", "id") if record.get(k) is not None}
+    turns = record.get("conversations" if fmt in ("llava", "sharegpt") else "messages")
+    if not isinstance(turns, list):
+        return {**out, "error": f"'{'conversations' if fmt in ('llava', 'sharegpt') else 'messages'}' must be a list"}
+    messages = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            return {**out, "error": "a turn is not a JSON object"}
+        role = turn.get("from", turn.get("role"))
+        content = turn.get("value", turn.get("content"))
+        if role not in ROLES or not isinstance(content, str):
+            return {**out, "error": f"turn with role {role!r} and content of type {type(content).__name__} "
+                                    f"(roles: {sorted(ROLES)}; content must be text)"}
+        messages.append({"role": ROLES[role], "content": content})
+    out["messages"] = messages
+    for single, many in (("image", "images"), ("audio", "audios")):
+        path, error = _single(record, single if fmt == "llava" or single in record else many, where)
+        if error:
+            return {**out, "error": error}
+        if path is not None:
+            out[single] = path
+    return out
+
+
+def read_sft_manifest(path: str | Path, *, log=None) -> list[dict]:
+    """Records of an SFT file, whatever its format (`sft_format`, said in one `log` line): the conversation in our
+    form plus "where" (file:line or file:item), media paths resolved against the file's folder and "task" filled
+    in. Field types are checked here (an error naming file:line); a record that cannot be one of our conversations
+    (several images, a turn without text) gets "error" and the conversation's structure is checked per item by
+    `SftSource`: both are skipped, named, as bad samples."""
     path = Path(path)
+    is_array, items = _records_of(path)
+    fmt = sft_format(items[0][1] if items else {}, is_array)
     records = []
-    for line_no, record in read_jsonl_lines(path, what="SFT manifest"):
-        check_fields(record, f"{path}:{line_no}", optional=("image", "audio", "task", "kind", "duration"))
+    for n, record in items:
+        where = f"{path}:{n}"
+        if fmt != "omni":
+            record = convert_record(record, fmt, where)
+        check_fields(record, where, optional=("image", "audio", "task", "kind", "duration"))
         for key in ("image", "audio"):
             if record.get(key) is not None:
                 record[key] = str(resolve(path, record[key]))
-        records.append({**record, "task": record.get("task") or default_task(record), "where": f"{path}:{line_no}"})
+        records.append({**record, "task": record.get("task") or default_task(record), "where": where})
+    if log is not None:
+        bad = sum(1 for r in records if r.get("error"))
+        log(f"SFT data {path}: {FORMATS[fmt]}, {len(records):,} conversations"
+            + (f", {bad:,} unusable (skipped as bad samples)" if bad else ""))
     return records
 
 
@@ -96,6 +193,8 @@ class SftSource:
     def __getitem__(self, i: int) -> dict:
         record = self.records[i]
         where = record["where"]
+        if record.get("error"):
+            raise BadSample(f"{where}: {record['error']}")
         messages = record.get("messages")
         if not isinstance(messages, list) or not any(
                 isinstance(m, dict) and m.get("role") == "assistant" and str(m.get("content", "")).strip()
