@@ -84,12 +84,18 @@ def check_splits(report: Report, cfg, sources: dict, *, size, unit: str, bucket:
         accum = max(1, (cfg.train.effective_batch or cfg.train.batch_size) // cfg.train.batch_size)
         steps = per_epoch // accum
         report.line(f"implies: {per_epoch} batches of {cfg.train.batch_size} per epoch = {steps} optimizer steps "
-                    f"(accumulation {accum}); train.max_steps {cfg.train.max_steps} = "
-                    f"{cfg.train.max_steps / max(1, steps):.1f} epochs")
+                    f"(accumulation {accum}); {schedule(cfg.train, steps)}")
         if per_epoch == 0:
             report.problem(f"{sources['train'][1]}: {len(train_source)} training samples make no full batch of "
                            f"train.batch_size={cfg.train.batch_size}")
     return results
+
+
+def schedule(train, steps_per_epoch: int) -> str:
+    """What train.max_steps / max_epochs come to with this many optimizer steps per epoch."""
+    if train.max_steps is None:
+        return f"train.max_epochs {train.max_epochs} = {train.max_epochs * steps_per_epoch} steps"
+    return f"train.max_steps {train.max_steps} = {train.max_steps / max(1, steps_per_epoch):.1f} epochs"
 
 
 def coverage(report: Report, what: str, train_chars: set, val_texts: list[str]) -> None:
@@ -125,7 +131,7 @@ def text(report: Report, cfg, args) -> None:
     windows = {}
     for split, corpus in corpora.items():
         tokens = open_tokens(build_token_cache(corpus, tokenizer, log=report.line), tokenizer.vocab_size)
-        unk = int((tokens == tokenizer.unk_id).sum()) if hasattr(tokenizer, "unk_id") else 0
+        unk = int((tokens == tokenizer.unk_id).sum())
         report.line(f"{split}: {len(tokens):,} tokens, {unk / max(1, len(tokens)):.3%} <unk> (vocabulary coverage "
                     f"{1 - unk / max(1, len(tokens)):.2%})")
         try:
@@ -135,8 +141,7 @@ def text(report: Report, cfg, args) -> None:
     if "train" in windows:
         per_epoch = len(windows["train"]) // cfg.train.batch_size
         report.line(f"implies: {len(windows['train']):,} windows of {cfg.data.seq_len} tokens, {per_epoch} batches "
-                    f"per epoch; train.max_steps {cfg.train.max_steps} = {cfg.train.max_steps / max(1, per_epoch):.1f}"
-                    " epochs")
+                    f"per epoch; {schedule(cfg.train, per_epoch)}")
         if per_epoch == 0:
             report.problem(f"data.train_path: {len(windows['train'])} windows make no batch of "
                            f"train.batch_size={cfg.train.batch_size}")

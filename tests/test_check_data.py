@@ -74,3 +74,20 @@ def test_sft_ok_with_tasks(tmp_path, text_corpus, capsys):
     out = capsys.readouterr().out
     assert "as stage sft" in out and "train: 48 samples, 48 usable" in out and "val tasks: " in out
     assert "longest training conversation:" in out
+
+
+def test_text_with_and_without_tokenizer(tmp_path, text_corpus, capsys):
+    from omni.tokenizer import train_tokenizer
+    from tests import test_train_text
+
+    cfg = config(tmp_path, test_train_text.TINY, "thinker_tiny.json")
+    sets = [f"data.train_path={text_corpus / 'train.txt'}", f"data.val_path={text_corpus / 'val.txt'}",
+            f"train.save_dir={tmp_path / 'run'}"]
+    assert check_data.main(["--config", cfg, "--set", *sets]) == 0
+    assert "train: 600 documents from 1 shard" in capsys.readouterr().out
+    train_tokenizer([text_corpus / "train.txt"], tmp_path / "run", vocab_size=400)
+    assert check_data.main(["--config", cfg, "--set", *sets]) == 0
+    out = capsys.readouterr().out
+    assert "vocabulary coverage 100.00%" in out and "train.max_steps 16 = " in out
+    assert check_data.main(["--config", cfg, "--set", *sets[1:], "data.train_path=nowhere.txt"]) == 1
+    assert "data not found: data.train_path=nowhere.txt" in capsys.readouterr().out
