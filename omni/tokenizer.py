@@ -80,9 +80,6 @@ def train_tokenizer(
     # out as a RuntimeError wrapping a traceback.
     sample = sample_documents((doc for c in corpora for doc in c.documents()),
                               max_docs=sample_docs, max_bytes=sample_bytes, seed=seed)
-    if log is not None:
-        log(f"tokenizer sample: {sample.describe()} of {names} (bounds: {sample_docs or 'no'} documents, "
-            f"{sample_bytes or 'no'} bytes; seed {seed})")
     sentences = [line for doc in sample.documents for line in doc.split("\n") if line.strip()]
     if not sentences:
         raise InvalidInput(f"train_tokenizer: corpus is empty (no non-blank lines) in: {names}")
@@ -118,6 +115,9 @@ def train_tokenizer(
                 f"{m.group(2)} (special tokens, 256 byte pieces and one piece per covered character)."
             ) from None
         raise InvalidInput(f"train_tokenizer: SentencePiece failed on {names}: {msg}") from e
+    if log is not None:  # after training: a failure is one error message, not a log line and then the error
+        log(f"tokenizer sample: {sample.describe()} of {names} (bounds: {sample_docs or 'no'} documents, "
+            f"{sample_bytes or 'no'} bytes; seed {seed})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / TOKENIZER_FILE
