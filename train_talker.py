@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from omni import evaluation
 from omni.builders import build_codec, build_talker
 from omni.codec import usage_perplexity
 from omni.components import CODEC_FILE, codec_weights, load_stage_model, talker_weights
@@ -35,9 +36,8 @@ from omni.data import fingerprint
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.data.speech import load_asr_records, source_name
 from omni.data.tts import SpeechClips, TalkerCodes, build_code_cache, code_cache_path, random_segments
-from omni.layers import lengths_mask
 from omni.stages import TalkerStage
-from omni.talker import IGNORE_INDEX, code_accuracy, talker_targets
+from omni.talker import code_accuracy, talker_targets
 from omni.tokenizer import Tokenizer
 from omni.training import Run
 from omni.training import checkpoint as ckpt
@@ -60,24 +60,7 @@ def train_codec(c) -> None:
     model = run.setup(built.model, built.optimizer(), train_set)
 
     def evaluate() -> dict:
-        sums, usage = {"l1": 0.0, "sq": 0.0, "values": 0.0}, torch.zeros(K, c.model.codebook_size, device=run.device)
-        for batch in run.eval_batches(val_source, c.data.val_batch_size):
-            mel, lengths = batch["mel"], batch["mel_lengths"]
-            with run.autocast():
-                out = run.raw_model(mel, lengths)
-            valid = lengths_mask(lengths, mel.shape[1])[:, :, None]
-            err = (out.recon.float() - mel) / c.model.mel_std * valid  # normalised log-mel units, padding zeroed
-            sums["l1"] += err.abs().sum().item()
-            sums["sq"] += err.pow(2).sum().item()
-            sums["values"] += valid.sum().item() * n_mels
-            usage += out.usage
-        sums = run.reduce_sums(sums)
-        counts = run.reduce_sums(dict(enumerate(usage.flatten().tolist())))  # every rank's code counts
-        usage = torch.tensor([counts[i] for i in range(usage.numel())]).view(K, -1)
-        ppl = usage_perplexity(usage)
-        return {"val_recon_l1": sums["l1"] / sums["values"], "val_recon_mse": sums["sq"] / sums["values"],
-                **{f"val_ppl_cb{k}": ppl[k].item() for k in range(K)},
-                **{f"val_used_cb{k}": int((usage[k] > 0).sum()) for k in range(K)}}
+        return evaluation.codec_metrics(run, val_source, batch_size=c.data.val_batch_size)
 
     for batch in run.batches(train_set):
         mel, lengths, _ = random_segments(batch["mel"], batch["mel_lengths"], c.data.crop_frames)
@@ -153,34 +136,11 @@ def train_talker(t, codec_dir) -> None:
     if run.is_main:  # a resumed run whose data changed under it says so
         fingerprint.note_run_data(run.run_dir, {f"talker.data.{split}_manifest": fingerprint.content_digest(
             code_cache_path(run.run_dir, split)) for split in ("train", "val")}, resumed=run.step > 0, log=run.info)
-    K, V = t.model.n_codebooks, t.model.codebook_size
+    V = t.model.codebook_size
 
     def evaluate() -> dict:
-        sums = {"nll": 0.0, "targets": 0.0}
-        sums.update({f"{name}{k}": 0.0 for name in ("correct", "n") for k in range(K)})
-        for batch in run.eval_batches(val_codes, t.data.val_batch_size):
-            with run.autocast():
-                logits, loss = run.raw_model(batch["text_ids"], batch["text_lengths"], batch["codes"],
-                                             batch["code_lengths"])
-            targets = talker_targets(batch["codes"], batch["code_lengths"], V)
-            keep = targets != IGNORE_INDEX
-            hits = (logits.argmax(-1) == targets) & keep  # (B, F + 1, K)
-            sums["nll"] += loss.float().item() * keep.sum().item()
-            sums["targets"] += keep.sum().item()
-            for k in range(K):
-                sums[f"correct{k}"] += hits[..., k].sum().item()
-                sums[f"n{k}"] += keep[..., k].sum().item()
-        sums = run.reduce_sums(sums)
-        shown = [i for i in range(len(val_codes)) if not val_codes.bad[i]][: t.data.sample_sentences]
-        for i in shown:
-            ids, ref = val_codes.text_ids[i].long()[None].to(run.device), len(val_codes.codes[i])
-            cap = min(t.model.max_frames, 2 * ref + 8)  # reaching it means the Talker never predicted END
-            _, length = run.raw_model.generate(ids, max_frames=cap)
-            run.info(f"sample {tokenizer.decode(ids[0].tolist())!r}: {int(length[0])} frames spoken "
-                     f"(reference {ref}, cap {cap})")
-        return {"val_loss": sums["nll"] / sums["targets"],
-                "val_acc": sum(sums[f"correct{k}"] for k in range(K)) / sums["targets"],
-                **{f"val_acc_cb{k}": sums[f"correct{k}"] / sums[f"n{k}"] for k in range(K)}}
+        return evaluation.talker_metrics(run, val_codes, batch_size=t.data.val_batch_size, tokenizer=tokenizer,
+                                         sample_sentences=t.data.sample_sentences)
 
     # ---- loop
     for batch in run.batches(train_set):

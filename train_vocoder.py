@@ -24,6 +24,7 @@ import sys
 
 import torch
 
+from omni import evaluation
 from omni.builders import build_vocoder
 from omni.components import vocoder_weights
 from omni.config import load_config
@@ -37,7 +38,6 @@ from omni.vocoder import (
     feature_matching_loss,
     frozen,
     generator_adversarial_loss,
-    griffin_lim,
     mel_l1_loss,
 )
 
@@ -64,18 +64,8 @@ griffin_lim_l1: dict[str, float] = {}  # per validation clip; deterministic, so 
 
 
 def evaluate() -> dict:
-    sums = {"gen": 0.0, "gl": 0.0, "frames": 0.0}
-    for batch in run.eval_batches(val_source, 1):  # one clip at a time: whole utterances, no padding
-        mel, name = batch["mel"], batch["audio"][0]
-        with run.autocast():
-            wav = run.raw_model(mel)
-        if name not in griffin_lim_l1:
-            griffin_lim_l1[name] = mel_l1_loss(griffin_lim(mel, n_iter=cfg.data.griffin_lim_iters), mel).item()
-        sums["gen"] += mel_l1_loss(wav, mel).item() * mel.shape[1]
-        sums["gl"] += griffin_lim_l1[name] * mel.shape[1]
-        sums["frames"] += mel.shape[1]
-    sums = run.reduce_sums(sums)
-    return {"val_mel_l1": sums["gen"] / sums["frames"], "val_mel_l1_griffin_lim": sums["gl"] / sums["frames"]}
+    return evaluation.vocoder_metrics(run, val_source, griffin_lim_iters=cfg.data.griffin_lim_iters,
+                                      griffin_lim_cache=griffin_lim_l1)
 
 
 # ---- loop: one GAN step as in HiFi-GAN's train.py: the discriminators step on real vs the detached fake, then

@@ -1,6 +1,6 @@
 """Each stage's evaluation: the metric computation the stage script runs at every val_freq and at the end, and that
-scripts/evaluate.py runs on final weights and any held-out set. One function per metric, so that a held-out score
-and the run's summary.json come from the same code.
+scripts/evaluate.py runs on final weights and any held-out set (A, B, C, OCR, D's codec and Talker, the vocoder, E).
+One function per metric, so that a held-out score and the run's summary.json come from the same code.
 
 Every function takes `run`, the object that provides the evaluation machinery: a training `omni.training.Run`
 in the stage scripts, or an `Evaluator` (below) in scripts/evaluate.py, both with
@@ -235,3 +235,90 @@ def sft_metrics(run, val_source, *, batch_size: int, log_samples=None) -> dict:
     metrics["mixed_acc"] = sum(sums[f"ok_{t}"] for t in val_source.tasks) / max(1.0, n_all)
     return metrics
 
+
+
+# ---------------------------------------------------------------------- Stage D
+def codec_metrics(run, val_source, *, batch_size: int) -> dict:
+    """Reconstruction error of the normalised log-mel ((mel - mel_mean) / mel_std, padding excluded) as L1 and MSE,
+    and per codebook the perplexity of its usage and the codes used, over every clip of the SpeechClips
+    `val_source` (the codec is `run.raw_model`)."""
+    from omni.codec import usage_perplexity
+    from omni.layers import lengths_mask
+
+    cfg = run.raw_model.cfg
+    K, n_mels = cfg.n_codebooks, cfg.n_mels
+    sums, usage = {"l1": 0.0, "sq": 0.0, "values": 0.0}, torch.zeros(K, cfg.codebook_size, device=run.device)
+    for batch in run.eval_batches(val_source, batch_size):
+        mel, lengths = batch["mel"], batch["mel_lengths"]
+        with run.autocast():
+            out = run.raw_model(mel, lengths)
+        valid = lengths_mask(lengths, mel.shape[1])[:, :, None]
+        err = (out.recon.float() - mel) / cfg.mel_std * valid  # normalised log-mel units, padding zeroed
+        sums["l1"] += err.abs().sum().item()
+        sums["sq"] += err.pow(2).sum().item()
+        sums["values"] += valid.sum().item() * n_mels
+        usage += out.usage
+    sums = run.reduce_sums(sums)
+    counts = run.reduce_sums(dict(enumerate(usage.flatten().tolist())))  # every rank's code counts
+    usage = torch.tensor([counts[i] for i in range(usage.numel())]).view(K, -1)
+    ppl = usage_perplexity(usage)
+    return {"val_recon_l1": sums["l1"] / sums["values"], "val_recon_mse": sums["sq"] / sums["values"],
+            **{f"val_ppl_cb{k}": ppl[k].item() for k in range(K)},
+            **{f"val_used_cb{k}": int((usage[k] > 0).sum()) for k in range(K)}}
+
+
+def talker_metrics(run, val_codes, *, batch_size: int, tokenizer=None, sample_sentences: int = 0) -> dict:
+    """Code cross entropy and accuracy (all codebooks, and per codebook) of the Talker `run.raw_model` on the
+    TalkerCodes `val_codes` (teacher forcing); the first `sample_sentences` usable sentences are spoken greedily
+    and their length logged against the reference."""
+    from omni.talker import IGNORE_INDEX, talker_targets
+
+    K, V = run.raw_model.cfg.n_codebooks, run.raw_model.cfg.codebook_size
+    sums = {"nll": 0.0, "targets": 0.0}
+    sums.update({f"{name}{k}": 0.0 for name in ("correct", "n") for k in range(K)})
+    for batch in run.eval_batches(val_codes, batch_size):
+        with run.autocast():
+            logits, loss = run.raw_model(batch["text_ids"], batch["text_lengths"], batch["codes"],
+                                         batch["code_lengths"])
+        targets = talker_targets(batch["codes"], batch["code_lengths"], V)
+        keep = targets != IGNORE_INDEX
+        hits = (logits.argmax(-1) == targets) & keep  # (B, F + 1, K)
+        sums["nll"] += loss.float().item() * keep.sum().item()
+        sums["targets"] += keep.sum().item()
+        for k in range(K):
+            sums[f"correct{k}"] += hits[..., k].sum().item()
+            sums[f"n{k}"] += keep[..., k].sum().item()
+    sums = run.reduce_sums(sums)
+    shown = [i for i in range(len(val_codes)) if not val_codes.bad[i]][:sample_sentences]
+    for i in shown if tokenizer is not None else ():  # greedy: draws no random numbers
+        ids, ref = val_codes.text_ids[i].long()[None].to(run.device), len(val_codes.codes[i])
+        cap = min(run.raw_model.cfg.max_frames, 2 * ref + 8)  # reaching it means the Talker never predicted END
+        _, length = run.raw_model.generate(ids, max_frames=cap)
+        run.info(f"sample {tokenizer.decode(ids[0].tolist())!r}: {int(length[0])} frames spoken "
+                 f"(reference {ref}, cap {cap})")
+    return {"val_loss": sums["nll"] / sums["targets"],
+            "val_acc": sum(sums[f"correct{k}"] for k in range(K)) / sums["targets"],
+            **{f"val_acc_cb{k}": sums[f"correct{k}"] / sums[f"n{k}"] for k in range(K)}}
+
+
+# ---------------------------------------------------------------------- vocoder
+def vocoder_metrics(run, val_source, *, griffin_lim_iters: int, griffin_lim_cache: dict | None = None) -> dict:
+    """Mel-L1 (frame-weighted over whole utterances, one clip per batch: no padding) between each clip's log-mel
+    in the SpeechClips `val_source` and the log-mel of the audio `run.raw_model` (log-mel -> waveform) makes from
+    it, and the same for the Griffin-Lim fallback. Griffin-Lim is deterministic (zero initial phase), so its score
+    per clip is kept in `griffin_lim_cache` (clip path -> L1) across calls when one is given."""
+    from omni.vocoder import griffin_lim, mel_l1_loss
+
+    cache = {} if griffin_lim_cache is None else griffin_lim_cache
+    sums = {"gen": 0.0, "gl": 0.0, "frames": 0.0}
+    for batch in run.eval_batches(val_source, 1):
+        mel, name = batch["mel"], batch["audio"][0]
+        with run.autocast():
+            wav = run.raw_model(mel)
+        if name not in cache:
+            cache[name] = mel_l1_loss(griffin_lim(mel, n_iter=griffin_lim_iters), mel).item()
+        sums["gen"] += mel_l1_loss(wav, mel).item() * mel.shape[1]
+        sums["gl"] += cache[name] * mel.shape[1]
+        sums["frames"] += mel.shape[1]
+    sums = run.reduce_sums(sums)
+    return {"val_mel_l1": sums["gen"] / sums["frames"], "val_mel_l1_griffin_lim": sums["gl"] / sums["frames"]}

@@ -2,21 +2,31 @@
 
     python scripts/evaluate.py --config configs/audio_enc_tiny.json [--set data.val_manifest=my_test.jsonl]
                                [--weights FILE] [--json out.json] [--stage audio]
+    python scripts/evaluate.py --config configs/talker_tiny.json [--asr checkpoints/audio_enc_tiny]
+                               [--vocoder checkpoints/vocoder_tiny] [--tts-sentences 50]
 
 Loads the stage's final weights (<train.save_dir>/<its file>, or --weights: a final-weights file or a run dir),
 reads data.val_manifest / data.val_path exactly as the stage script does (the same readers and sources, the final
 weights' vocabulary and tokenizer) and computes the stage's metric with the function the stage script calls
 (omni/evaluation.py), so on the run's own validation set it prints the metrics of the run's summary.json.
 Stages: text (A: val_ppl), audio (B: CER/WER), vision (C: retrieval R@k or accuracy), ocr (CER, exact lines),
-sft (E: exact match per task, mixed_acc). --stage is inferred from the config when it fits one stage only.
-Output: one "metric value" line per metric on stdout; --json writes {"stage", "weights", "val", "metrics"}.
+sft (E: exact match per task, mixed_acc), talker (D: the codec's held-out mel reconstruction L1/MSE and codebook
+perplexities, the Talker's code cross entropy/accuracy, and with --asr the TTS->ASR CER/WER of `python -m
+omni.speech`: the val sentences spoken by the Talker, codec and vocoder, transcribed by the Stage-B model), vocoder
+(mel-L1 of HiFi-GAN vs Griffin-Lim). Stage D scores the parts its `phase` names (default "all": both, keys
+"codec.*" and "talker.*"; --set phase=codec or phase=talker for one); the Talker's val codes are encoded into a
+temporary folder, not its run dir. --stage is inferred from the config when it fits one stage only.
+Output: one "metric value" line per metric on stdout; --json writes {"stage", "weights", "val", "metrics"}
+("weights" and "val" are {part: ...} when Stage D scores both parts).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,12 +36,13 @@ from omni.config import from_dict, missing_data_paths  # noqa: E402
 from omni.errors import UserError  # noqa: E402
 from omni.training.distributed import local_device  # noqa: E402
 
-STAGES = ("text", "audio", "vision", "ocr", "sft")  # the stages scored here (omni/evaluation.py)
+STAGES = ("text", "audio", "vision", "ocr", "sft", "talker", "vocoder")  # the stages scored here (omni/evaluation.py)
+PART_FILES = {**evaluation.WEIGHTS_FILES, "codec": "rvq_codec.pt"}  # Stage D's two parts: the codec and the Talker
 
 
-def weights_file(stage: str, cfg, given: str | None) -> Path:
+def weights_file(part: str, cfg, given: str | Path | None) -> Path:
     path = Path(given) if given else Path(cfg.train.save_dir)
-    name = evaluation.WEIGHTS_FILES[stage]
+    name = PART_FILES[part]
     path = path / name if path.is_dir() else path
     if not path.is_file():
         raise UserError(f"no final weights at {path}: train the stage first (its script writes {name} into "
@@ -150,33 +161,132 @@ def sft(cfg, path: Path, log):
     return model, lambda ev: evaluation.sft_metrics(ev, source, batch_size=cfg.data.val_batch_size)
 
 
+def codec(cfg, path: Path, log):
+    from omni.components import load_stage_model
+    from omni.data.resumable import require_usable
+    from omni.data.speech import load_asr_records, source_name
+    from omni.data.tts import SpeechClips
+
+    model, _ = load_stage_model(path, "codec")
+    records = load_asr_records(cfg.data.val_manifest, key="codec.data.val_manifest", log=log)
+    source = SpeechClips(records, n_mels=model.cfg.n_mels)
+    require_usable(source, name=source_name(cfg.data.val_manifest))
+    return model, lambda ev: evaluation.codec_metrics(ev, source, batch_size=cfg.data.val_batch_size)
+
+
+def talker(cfg, path: Path, log, *, device, asr=None, vocoder=None, tts_sentences=None, cache_dir):
+    """The Talker on its val codes, encoded by the codec beside talker.pt (the one it speaks) into a code cache in
+    `cache_dir` (never the run's); with `asr` (a Stage-B run dir or audio_enc.pt) also the TTS->ASR CER/WER of
+    omni.speech (the `python -m omni.speech` check) on the first `tts_sentences` val sentences."""
+    from omni.components import CODEC_FILE, load_stage_model
+    from omni.data.resumable import require_usable
+    from omni.data.speech import load_asr_records, source_name
+    from omni.data.tts import TalkerCodes, build_code_cache
+    from omni.speech import SpeechSynthesizer, Transcriber, Vocoder, intelligibility
+    from omni.tokenizer import TOKENIZER_FILE, Tokenizer
+
+    model, saved = load_stage_model(path, "talker")
+    codec_file = path.parent / CODEC_FILE
+    if not codec_file.is_file():
+        raise UserError(f"{codec_file} not found: train_talker.py writes the codec a Talker speaks beside talker.pt")
+    codec_model, _ = load_stage_model(codec_file, "codec", device)
+    tokenizer = Tokenizer.load(saved.tokenizer or path.parent / TOKENIZER_FILE)  # the one it was trained with
+    records = load_asr_records(cfg.data.val_manifest, key="talker.data.val_manifest", log=log)
+    val_codes = TalkerCodes(build_code_cache(
+        records, codec=codec_model, codec_file=codec_file, tokenizer=tokenizer, max_text_len=model.cfg.max_text_len,
+        max_frames=model.cfg.max_frames, cache_dir=cache_dir, name="val", device=device, log=log))
+    require_usable(val_codes, name=source_name(cfg.data.val_manifest))
+
+    def metrics(ev) -> dict:
+        out = evaluation.talker_metrics(ev, val_codes, batch_size=cfg.data.val_batch_size, tokenizer=tokenizer,
+                                        sample_sentences=cfg.data.sample_sentences)
+        if asr is not None:
+            synth = SpeechSynthesizer(tokenizer, ev.raw_model, codec_model.eval(), Vocoder.load(vocoder, device, log))
+            texts = [r["text"] for r in records[:tts_sentences]]
+            result = intelligibility(synth, Transcriber.load(asr, device), texts, log=log)
+            log(f"tts->asr: {result['sentences']} sentences, {result['audio_seconds']:.1f} s of audio "
+                f"({result['vocoder']})")
+            out.update(tts_asr_cer=result["cer"], tts_asr_wer=result["wer"])
+        return out
+
+    return model, metrics
+
+
+def vocoder(cfg, path: Path, log):
+    from omni.components import load_stage_model
+    from omni.data.resumable import require_usable
+    from omni.data.speech import load_asr_records, source_name
+    from omni.data.tts import SpeechClips
+
+    model, saved = load_stage_model(path, "vocoder")  # the generator
+    records = load_asr_records(cfg.data.val_manifest, key="data.val_manifest", log=log)[: cfg.data.val_utterances]
+    source = SpeechClips(records, n_mels=saved.config["n_mels"])
+    require_usable(source, name=source_name(cfg.data.val_manifest))
+    return model, lambda ev: evaluation.vocoder_metrics(ev, source, griffin_lim_iters=cfg.data.griffin_lim_iters)
+
+
+def parts(stage: str, cfg) -> list[tuple[str, str, object]]:
+    """What is scored: (metric key prefix, part name, its config section). Stage D has two parts, the codec and the
+    Talker, each a run of its own; its `phase` picks them ("all": both, keys prefixed "codec." and "talker.")."""
+    if stage != "talker":
+        return [("", stage, cfg)]
+    names = ("codec", "talker") if cfg.phase == "all" else (cfg.phase,)
+    return [(f"{name}." if len(names) > 1 else "", name, getattr(cfg, name)) for name in names]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the stage's JSON config (as trained)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="dotted overrides, e.g. data.val_manifest=my_test.jsonl")
     parser.add_argument("--stage", choices=STAGES, help="default: inferred from the config")
-    parser.add_argument("--weights", help="final-weights file or run dir (default: the config's train.save_dir)")
+    parser.add_argument("--weights", help="final-weights file or run dir (default: the config's train.save_dir; "
+                        "Stage D with phase=all: the Talker's run dir, which holds the codec it speaks)")
     parser.add_argument("--json", help="also write the metrics to this JSON file")
     parser.add_argument("--device", default=None, help="default: the config's train.device")
+    parser.add_argument("--asr", metavar="DIR", help="Stage D: also the Talker's TTS->ASR CER/WER (omni.speech) with "
+                        "this Stage-B run dir or audio_enc.pt as the listener")
+    parser.add_argument("--vocoder", metavar="DIR", help="with --asr: the vocoder run dir or hifigan.pt that makes "
+                        "the audio (default: Griffin-Lim)")
+    parser.add_argument("--tts-sentences", type=int, default=50, metavar="N",
+                        help="with --asr: synthesize the first N sentences of talker.data.val_manifest (default 50)")
     args = parser.parse_args(argv)
     stage, cfg = evaluation.resolve_stage(args.config, args.set, args.stage, among=STAGES)
+    if args.asr is not None and stage != "talker":
+        raise UserError(f"--asr scores the Talker (Stage D); {args.config} is stage {stage!r}")
+    if args.tts_sentences < 1:
+        raise UserError(f"--tts-sentences must be >= 1, got {args.tts_sentences}")
     val_key = "val_path" if stage == "text" else "val_manifest"
-    missing = [m for m in missing_data_paths(cfg.data, "data.") if m.startswith(f"data.{val_key}=")]
-    if missing:
-        raise UserError(f"{args.config}: data not found: {missing[0]}")
-    path = weights_file(stage, cfg, args.weights)
     log = (lambda message: print(message, file=sys.stderr, flush=True))
-    device = local_device(args.device or cfg.train.device)
-    log(f"evaluate {stage}: weights {path}, {val_key} {getattr(cfg.data, val_key)}, device {device}")
-    model, metric_fn = globals()[stage](cfg, path, log)
-    evaluator = evaluation.Evaluator(model, device=device, precision=cfg.train.precision, log=log,
-                                     seed=cfg.train.seed)
-    metrics = evaluator.evaluate(lambda: metric_fn(evaluator))
+    scored = parts(stage, cfg)
+    metrics, weights, vals = {}, {}, {}
+    for prefix, name, part in scored:
+        key = f"{name}.data." if stage == "talker" else "data."
+        missing = [m for m in missing_data_paths(part.data, key) if m.startswith((f"{key}{val_key}=",
+                                                                                  f"{key}{val_key}["))]
+        if missing:
+            raise UserError(f"{args.config}: data not found: {missing[0]}")
+        given = args.weights
+        if given and name == "codec" and len(scored) > 1:  # the Talker's run dir holds the codec it speaks
+            given = given if Path(given).is_dir() else Path(given).parent
+        path, val = weights_file(name, part, given), getattr(part.data, val_key)
+        device = local_device(args.device or part.train.device)
+        log(f"evaluate {name}: weights {path}, {val_key} {val}, device {device}")
+        with tempfile.TemporaryDirectory(prefix="omni-eval-") as scratch:  # the Talker's code cache, not the run's
+            extra = {"device": device, "asr": args.asr, "vocoder": args.vocoder, "tts_sentences": args.tts_sentences,
+                     "cache_dir": scratch} if name == "talker" else {}
+            model, metric_fn = globals()[name](part, path, log, **extra)
+            evaluator = evaluation.Evaluator(model, device=device, precision=part.train.precision, log=log,
+                                             seed=part.train.seed)
+            result = evaluator.evaluate(functools.partial(metric_fn, evaluator))
+        metrics.update({prefix + k: v for k, v in result.items()})
+        weights[name], vals[name] = str(path), str(val)
     for key, value in metrics.items():
         print(f"{key} {value:.6g}")
     if args.json:
-        out = {"stage": stage, "weights": str(path), "val": str(getattr(cfg.data, val_key)), "metrics": metrics}
+        one = len(scored) == 1
+        out = {"stage": stage, "weights": weights[name] if one else weights, "val": vals[name] if one else vals,
+               "metrics": metrics}
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
