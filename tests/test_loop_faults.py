@@ -135,6 +135,15 @@ def test_too_large_a_learning_rate_stops_with_a_clear_error_and_no_nan_checkpoin
     assert _all_finite(tmp_path)
 
 
+def test_a_learning_rate_beyond_float_range_is_undone_like_a_non_finite_step(tmp_path):
+    """lr 1e38 is finite, but AdamW's step size lr / (1 - beta1) overflows float32 and torch raises mid-update: that
+    step is undone and counted like any non-finite one, never a traceback."""
+    with pytest.raises(UserError, match=r"^3 consecutive non-finite steps"):
+        train(tmp_path, lr=1e38, min_lr=1e37, warmup_steps=0, max_nonfinite_steps=3)
+    assert _all_finite(tmp_path)
+    assert "made weights non-finite" in (tmp_path / "training.log").read_text()
+
+
 def test_save_checkpoint_never_writes_non_finite_weights(tmp_path):
     run = train(tmp_path, max_steps=4)
     before = (tmp_path / "toy_step_4.pt").read_bytes()

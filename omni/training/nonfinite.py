@@ -61,3 +61,16 @@ class NonFiniteGuard:
             groups = ckpt.optimizer_state_by_name(opt, param_names)["param_groups"]  # keep the current lr
             ckpt.load_optimizer_state_by_name(opt, {"state": saved["state"], "param_groups": groups}, param_names)
         return f"weights and optimizer state restored from {source}"
+
+
+def step_left_finite_weights(optimizer_step, params) -> bool:
+    """Run `optimizer_step()`; False when it left NaN/Inf in `params`, or overflowed: AdamW raises "value cannot be
+    converted to type float without overflow" for a step size beyond float range (an absurd but finite lr), after
+    it may have updated some tensors. Either way the caller undoes the step."""
+    try:
+        optimizer_step()
+    except RuntimeError as e:
+        if "overflow" not in str(e):
+            raise
+        return False
+    return ckpt.all_finite(params)

@@ -41,7 +41,7 @@ from omni.training import distributed as dist
 from omni.training import faults, loader, run_dir, train_state
 from omni.training.checkpoint import short_list
 from omni.training.log import MetricWindow, RunLogger, fmt
-from omni.training.nonfinite import NonFiniteGuard
+from omni.training.nonfinite import NonFiniteGuard, step_left_finite_weights
 from omni.training.schedule import accumulation_steps, warmup_cosine
 from omni.training.stop import StopSignals
 
@@ -276,11 +276,10 @@ class Run:
             self.nonfinite.nonfinite_step(f"non-finite gradients in {name}, update skipped", step=self.step,
                                           counters=self.counters)
         else:
-            (scaler.step(opt) if scaler else opt.step())
             # Host sync 2: finite gradients can still give non-finite weights (a huge lr or weight decay, an
             # overflow in the optimizer state): check the tensors just updated (a sum each, see all_finite), and
             # undo such a step (omni/training/nonfinite.py says how).
-            if ckpt.all_finite(params):
+            if step_left_finite_weights(lambda: scaler.step(opt) if scaler else opt.step(), params):
                 self.nonfinite.finite_step()
             else:
                 rewound = self.nonfinite.rewind(self.raw_model, self.optimizers, self.param_names)
