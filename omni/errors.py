@@ -35,10 +35,21 @@ def report_user_errors(exc_type, exc, tb) -> None:
     """sys.excepthook: a UserError becomes `error: message`; anything else is shown as usual. Either way Python then
     exits with status 1, after its normal shutdown (atexit handlers, DataLoader workers)."""
     if issubclass(exc_type, UserError):
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {_without_worker_traceback(exc)}\n")
         sys.stderr.flush()
         return
     sys.__excepthook__(exc_type, exc, tb)
+
+
+def _without_worker_traceback(exc: BaseException) -> str:
+    """The user's message. A DataLoader worker's error comes back re-raised with the worker's whole traceback in its
+    message ("Caught DataError in DataLoader worker process 0. Original Traceback ... DataError: <message>"): keep
+    only the message."""
+    text = str(exc)
+    head = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    if "Original Traceback (most recent call last)" in text and head in text:
+        return text.rsplit(head, 1)[1].rstrip()
+    return text
 
 
 def install() -> None:

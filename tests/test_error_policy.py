@@ -21,6 +21,27 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback():
     assert bug.returncode == 1 and "Traceback" in bug.stderr and "KeyError: 'bug'" in bug.stderr
 
 
+def test_a_user_error_raised_in_a_dataloader_worker_is_still_one_line():
+    """torch re-raises a worker's exception with the worker's traceback inside the message: only the message shows."""
+    code = """if True:
+        import omni
+        from torch.utils.data import DataLoader, Dataset
+        from omni.data.manifest import DataError
+
+        class Bad(Dataset):
+            def __len__(self):
+                return 4
+
+            def __getitem__(self, i):
+                raise DataError("data/x.jsonl:3: 'text' must be a string")
+
+        for batch in DataLoader(Bad(), num_workers=1):
+            pass
+    """
+    result = run("-c", code)
+    assert result.returncode == 1 and result.stderr == "error: data/x.jsonl:3: 'text' must be a string\n"
+
+
 @pytest.fixture
 def corpus(tmp_path):
     path = tmp_path / "corpus.txt"
