@@ -3,10 +3,13 @@
     python scripts/update_configs_from_data.py configs/thinker_tiny.json [--epochs 3] [--data-dir /data/omni]
                                                [--world-size 2] [--dry-run]
 
-Counts what the config's data paths point at: samples (manifest lines; Stage C captions and OCR lines in any layout
-their scripts read, e.g. COCO captions or MJSynth; for Stage A, seq_len windows of the tokenized corpus), text
-tokens (Stage A, with the run's tokenizer when it exists) and audio seconds (speech stages:
-the manifest's "duration" or the file header via soundfile.info, no samples read). Then, per training part (Stage D
+Counts what the config's training data path points at, read by the stage's own reader, so every layout the stage
+reads is counted: Stage A's corpus (.txt/.jsonl/parquet shards, .gz, folders, globs; streamed through
+omni.data.text_sources.open_corpus, never held in memory) in seq_len windows of its tokens (exact with the run's
+tokenizer when it exists, else estimated); speech clips (JSONL, LibriSpeech, LJSpeech, Common Voice, transcript
+tables, lists of these) and their audio seconds (the record's "duration" or the file header via soundfile.info, no
+samples read); Stage C captions and OCR lines (COCO, Flickr, captions tables, MJSynth, labels files, JSONL); Stage
+E conversations (ours, LLaVA, ShareGPT, OpenAI messages; per task). Then, per training part (Stage D
 has two: codec and talker):
 
     steps/epoch     = ceil(floor(samples / (batch_size x world_size)) / grad_accum)   (as omni.training.Run counts)
@@ -15,8 +18,9 @@ has two: codec and talker):
     val_freq        = max(1, max_steps // evals)
     checkpoint_freq = max(1, max_steps // checkpoints)
 
---data-dir D rewrites every data path (train_path/val_path, train_manifest/val_manifest) to D/<folder>/<file>, the
-layout scripts/make_synthetic_datasets.py writes (data/text/train.txt -> D/text/train.txt), before counting.
+--data-dir D moves every data path (train_path/val_path, train_manifest/val_manifest, train_images/val_images when
+set) from data/ to D, before counting: a path under data/ keeps its sub-path (data/LibriSpeech/dev-clean ->
+D/LibriSpeech/dev-clean, data/text/train.txt -> D/text/train.txt), any other becomes D/<folder>/<file>.
 The changes are printed as a diff of dotted keys; --dry-run stops there. Otherwise the file is rewritten atomically
 (omni/atomic.py) as indented JSON, after the new values passed the stage's strict loader.
 """
@@ -28,6 +32,7 @@ import copy
 import json
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 
 import soundfile as sf
@@ -35,15 +40,16 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from omni.atomic import atomic_write_text  # noqa: E402
-from omni.config import from_dict  # noqa: E402
+from omni.config import DATA_PATH_KEYS, from_dict  # noqa: E402
 from omni.data.images import load_image_records, load_ocr_records  # noqa: E402
-from omni.data.manifest import read_jsonl_lines  # noqa: E402
+from omni.data.sft import read_sft_manifest  # noqa: E402
 from omni.data.speech import load_asr_records  # noqa: E402
-from omni.data.text import read_documents  # noqa: E402
+from omni.data.text_sources import normalize_document, open_corpus  # noqa: E402
+from omni.errors import InvalidInput  # noqa: E402
 from omni.stages import STAGE_CLASSES, detect_stage  # noqa: E402
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer  # noqa: E402
 
-DATA_PATH_KEYS = ("train_path", "val_path", "train_manifest", "val_manifest")
+MOVED_KEYS = (*DATA_PATH_KEYS, "train_images", "val_images")  # what --data-dir moves (image folders when set)
 SPEECH_STAGES = ("audio", "talker", "vocoder")
 
 
@@ -72,17 +78,24 @@ def audio_seconds(records: list[dict]) -> tuple[float, int]:
 def count_data(stage: str, part_cfg, tokenizer: str | None) -> dict:
     """Samples (and tokens / audio seconds where they apply) of one part's training data."""
     data = part_cfg.data
-    if stage == "text":
-        docs = read_documents(data.train_path)
+    if stage == "text":  # streamed shard by shard (any layout train_text.py reads), never all in memory
+        corpus = open_corpus(data.train_path)
+        print(f"data.train_path: text corpus {corpus.describe()}")
         tok_path = Path(tokenizer or data.tokenizer or Path(part_cfg.train.save_dir) / TOKENIZER_FILE)
-        if tok_path.is_file():  # the exact count train_text.py will see: BOS + pieces + EOS per document
-            tok = Tokenizer.load(tok_path)
-            tokens = sum(len(tok.encode(d, bos=True, eos=True)) for d in docs)
-            how = f"tokenized with {tok_path}"
-        else:  # before Stage A trained its tokenizer: ~1.3 pieces per word is typical of a small unigram vocab
-            tokens = round(1.3 * sum(len(d.split()) + 2 for d in docs))
-            how = f"ESTIMATED at 1.3 tokens/word (no tokenizer at {tok_path} yet; rerun after Stage A for exact)"
-        return {"documents": len(docs), "tokens": tokens, "samples": max(0, (tokens - 1) // data.seq_len),
+        tok = Tokenizer.load(tok_path) if tok_path.is_file() else None
+        documents = tokens = 0
+        for doc in corpus.documents():
+            text = normalize_document(doc)  # as train_text.py tokenizes it
+            # with the tokenizer: the exact count train_text.py will see, BOS + pieces + EOS per document; before
+            # Stage A trained it: ~1.3 pieces per word is typical of a small unigram vocab
+            tokens += len(tok.encode(text, bos=True, eos=True)) if tok is not None else 1.3 * (len(text.split()) + 2)
+            documents += 1
+        if not documents:
+            raise InvalidInput(f"text corpus {data.train_path} is empty (no non-blank text)")
+        tokens = round(tokens)
+        how = (f"tokenized with {tok_path}" if tok is not None else
+               f"ESTIMATED at 1.3 tokens/word (no tokenizer at {tok_path} yet; rerun after Stage A for exact)")
+        return {"documents": documents, "tokens": tokens, "samples": max(0, (tokens - 1) // data.seq_len),
                 "note": how}
     if stage in SPEECH_STAGES:  # any speech layout, or a list of them; prints which layout each path is
         records = load_asr_records(data.train_manifest, key="train_manifest", log=print)
@@ -101,7 +114,13 @@ def count_data(stage: str, part_cfg, tokenizer: str | None) -> dict:
         if bad:
             out["malformed_rows"] = bad
         return out
-    return {"samples": len(read_jsonl_lines(data.train_manifest))}
+    # Stage E: any SFT format sft_omni.py reads (ours, LLaVA, ShareGPT, OpenAI messages), through its reader
+    records = read_sft_manifest(data.train_manifest, log=print)
+    out = {"samples": len(records), "tasks": dict(Counter(r["task"] for r in records))}
+    bad = sum(bool(r.get("error")) for r in records)
+    if bad:
+        out["unusable"] = bad
+    return out
 
 
 def schedule(train, samples: int, args) -> dict:
@@ -120,12 +139,17 @@ def schedule(train, samples: int, args) -> dict:
 
 
 def rewrite_paths(data: dict, data_dir: Path) -> None:
-    """Each data path (each path of a list too) as data_dir/<folder>/<file>."""
+    """Each data path (each path of a list too) moved to data_dir: a path under data/ keeps what follows data/
+    (data/text/tinystories/data/train-*.parquet -> D/text/tinystories/data/train-*.parquet, data/LibriSpeech/
+    dev-clean -> D/LibriSpeech/dev-clean), any other path becomes data_dir/<folder>/<file>."""
     def moved(old: str) -> str:
+        parts = Path(old).parts
+        if not Path(old).is_absolute() and len(parts) > 1 and parts[0] == "data":
+            return str(data_dir.joinpath(*parts[1:]))
         return str(data_dir / Path(old).parent.name / Path(old).name)
 
-    for key in DATA_PATH_KEYS:
-        if key in data:
+    for key in MOVED_KEYS:
+        if data.get(key) is not None:
             data[key] = [moved(p) for p in data[key]] if isinstance(data[key], list) else moved(data[key])
 
 
@@ -149,7 +173,7 @@ def update(path: Path, args) -> tuple[dict, list[str]]:
     new = copy.deepcopy(raw)
     if args.data_dir is not None:  # the resolved paths, so defaults the JSON did not name are rewritten too
         for part_raw, part_cfg in parts(stage, from_dict(cls, raw, str(path)), new).values():
-            paths = {k: getattr(part_cfg.data, k) for k in DATA_PATH_KEYS if hasattr(part_cfg.data, k)}
+            paths = {k: getattr(part_cfg.data, k) for k in MOVED_KEYS if getattr(part_cfg.data, k, None) is not None}
             rewrite_paths(paths, args.data_dir)
             part_raw.setdefault("data", {}).update(paths)
     cfg = from_dict(cls, new, str(path))  # counting reads the resolved config, with the rewritten paths

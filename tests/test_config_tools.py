@@ -4,6 +4,7 @@ scripts/update_configs_from_data.py (counts a tiny dataset; --dry-run writes not
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -181,3 +182,105 @@ def test_update_configs_counts_stage_a_tokens_and_accumulation(tmp_path, text_co
     # global batch 4 x 2 processes, accumulation 16 / 8 = 2
     assert cfg.train.max_steps == math.ceil((samples // 8) / 2)
     assert cfg.train.val_freq == max(1, cfg.train.max_steps // 10)
+
+
+# ---- the shipped configs/*_tiny.json read what the download and converter scripts write under data/
+
+def write_wav(path, seconds, fmt="WAV"):
+    t = np.arange(int(16000 * seconds)) / 16000
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, 0.1 * np.sin(2 * np.pi * 220 * t), 16000, format=fmt)
+
+
+@pytest.fixture(scope="module")
+def download_layouts(tmp_path_factory, text_corpus):
+    """A data/ folder as the download scripts leave it, 4 training samples per stage in each dataset's layout:
+    download_text.py tinystories (parquet shards), download_librispeech.py (train-clean-100 + dev-clean chapters),
+    download_ljspeech.py (LJSpeech-1.1/ with train/val.jsonl), download_coco.py (coco/ with train/val.jsonl over
+    val2017/), make_ocr_lines.py --out data/ocr_corpus and make_sft_from_data.py --out data/sft_real."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("downloads") / "data"
+    docs = read_documents(text_corpus / "train.txt")[:9]
+    shards = root / "text" / "tinystories" / "data"
+    shards.mkdir(parents=True)
+    for name, part in (("train-00000-of-00002-a1.parquet", docs[:4]), ("train-00001-of-00002-b2.parquet", docs[4:7]),
+                       ("validation-00000-of-00001-c3.parquet", docs[7:])):
+        pq.write_table(pa.table({"text": part}), shards / name)
+    for split in ("train-clean-100", "dev-clean"):
+        chapter = root / "LibriSpeech" / split / "19" / "198"
+        for i in range(4):
+            write_wav(chapter / f"19-198-{i:04d}.flac", 0.5, "FLAC")
+        (chapter / "19-198.trans.txt").write_text("".join(f"19-198-{i:04d} HELLO WORLD\n" for i in range(4)))
+    lj = root / "LJSpeech-1.1"
+    for i in range(6):
+        write_wav(lj / "wavs" / f"LJ001-{i:04d}.wav", 1.0)
+    for split, ids in (("train", range(4)), ("val", range(4, 6))):
+        (lj / f"{split}.jsonl").write_text("".join(json.dumps({"audio": f"wavs/LJ001-{i:04d}.wav", "text": "hi"})
+                                                   + "\n" for i in ids))
+    for folder, key, prefix in (("coco", "caption", "val2017"), ("ocr_corpus", "text", "images")):
+        for split in ("train", "val"):
+            rows = []
+            for i in range(4):
+                image = f"{prefix}/{split}{i:06d}.jpg"
+                (root / folder / prefix).mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(root / folder / image)
+                rows.append(json.dumps({"image": image, key: f"a red square {i}"}))
+            (root / folder / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+    sft = root / "sft_real"
+    sft.mkdir()
+    for split in ("train", "val"):
+        (sft / f"{split}.jsonl").write_text("".join(json.dumps(
+            {"task": "text", "messages": [{"role": "user", "content": f"Continue the text: {d}"},
+                                          {"role": "assistant", "content": "The end."}]}) + "\n" for d in docs[:4]))
+    return root, docs
+
+
+TINY_SAMPLES = {"thinker": None, "audio_enc": 4, "talker": 4, "vocoder": 4, "vision": 4, "ocr": 4, "omni_sft": 4}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_SAMPLES))
+def test_shipped_tiny_configs_point_at_the_download_layouts(name, tmp_path, download_layouts, text_corpus, capsys):
+    """Each configs/<name>_tiny.json, with only its batch size shrunk, counts the dataset its download script
+    writes once `--data-dir` moves data/ to the fixture: its default paths are the download scripts' layouts."""
+    update = load_script("update_configs_from_data")
+    root, docs = download_layouts
+    raw = json.loads((REPO / "configs" / f"{name}_tiny.json").read_text())
+    for part in (raw["codec"], raw["talker"]) if name == "talker" else (raw,):
+        part["train"]["batch_size"] = 1 if name == "thinker" else 2  # 7 short stories fill one 512-token window
+    config = tmp_path / f"{name}_tiny.json"
+    config.write_text(json.dumps(raw))
+    tokenizer = train_tokenizer([text_corpus / "train.txt"], tmp_path, vocab_size=400).model_path \
+        if name == "thinker" else None
+    update.main([str(config), "--data-dir", str(root), "--dry-run",
+                 *(["--tokenizer", str(tokenizer)] * (name == "thinker"))])
+    out = capsys.readouterr().out
+    if name == "thinker":  # the two train shards of the glob, streamed; tokens exactly as train_text.py counts
+        tok = Tokenizer.load(tokenizer)
+        tokens = sum(len(tok.encode(d, bos=True, eos=True)) for d in docs[:7])
+        assert f"{root}/text/tinystories/data/train-*.parquet: glob, 2 parquet shards" in out
+        assert f"documents 7, tokens {tokens}, samples {(tokens - 1) // 512}" in out
+    else:
+        assert out.count(f"samples {TINY_SAMPLES[name]}") == (2 if name == "talker" else 1), out
+    moved = [line for line in out.splitlines() if re.match(r"\s+\S*data\.(train|val)_(path|manifest): .* -> ", line)]
+    assert len(moved) == (4 if name == "talker" else 2)  # every data path moved from data/ to the fixture
+    assert all(re.search(rf'"data/\S+" -> "{root}/\S+"$', line) for line in moved), moved
+
+
+def test_update_configs_counts_sft_conversations_in_any_format_sft_omni_reads(tmp_path, capsys):
+    """A LLaVA JSON array is counted by the SFT reader (conversations per task, unusable ones named), not as lines."""
+    update = load_script("update_configs_from_data")
+    (tmp_path / "cat.jpg").write_bytes(b"")  # never opened: counting reads the records, not the media
+    turn = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."}]
+    items = [{"id": str(i), "image": "cat.jpg", "conversations": turn} for i in range(3)]
+    items.append({"id": "3", "image": ["cat.jpg", "cat.jpg"], "conversations": turn})  # two images: unusable
+    (tmp_path / "llava.json").write_text(json.dumps(items, indent=1))
+    config = tmp_path / "omni_sft.json"
+    config.write_text(json.dumps({"data": {"train_manifest": str(tmp_path / "llava.json")},
+                                  "train": {"batch_size": 2, "save_dir": str(tmp_path / "run")}}))
+    update.main([str(config), "--dry-run"])
+    out = capsys.readouterr().out
+    assert "LLaVA" in out and "4 conversations, 1 unusable" in out
+    assert "samples 4, tasks {'image_qa': 3, 'text': 1}, unusable 1" in out and "train.max_steps: null -> 2" in out
