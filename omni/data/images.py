@@ -354,37 +354,42 @@ def read_mjsynth(path: str | Path, images_dir=None) -> list[dict]:
     """MJSynth annotation file (annotation_train.txt: `./2425/1/115_Lube_45484.jpg 45484` per line) -> records
     {"image", "text"}, the text being the word between the underscores of the file name (the number after the
     path is a lexicon index, not needed). Paths are relative to the annotation file's folder."""
-    path = Path(path)
-    root = Path(images_dir) if images_dir is not None else path.parent
-    records = []
-    for line_no, line in enumerate(read_text_lines(path), start=1):
-        if not line.strip():
-            continue
+    def parse(line: str):
         match = _MJSYNTH_LINE.match(line.strip())
         if match is None:
-            records.append(_bad(f"{path}:{line_no}", f"expected './<dir>/<n>_<word>_<n>.jpg <n>', got {line[:80]!r}",
-                                text=""))
-        else:
-            records.append({"image": str(root / line.split()[0]), "text": match.group(2)})
-    if not records:
-        raise DataError(f"{path} has no lines")
-    return records
+            return None, f"expected './<dir>/<n>_<word>_<n>.jpg <n>', got {line[:80]!r}"
+        return (line.split()[0], match.group(2)), None
+
+    return _read_label_lines(path, images_dir, parse)
 
 
 def read_ocr_labels(path: str | Path, images_dir=None) -> list[dict]:
     """Generic OCR labels file (labels.txt / gt.txt: `<image path>\t<text>` per line; a line without a tab splits
     at its first space) -> records {"image", "text"}; paths relative to the file's folder (or `images_dir`)."""
+    def parse(line: str):
+        image, sep, text = line.partition("\t") if "\t" in line else line.partition(" ")
+        if not sep or not image.strip() or not text.strip():
+            return None, f"expected '<image path>\\t<text>', got {line[:80]!r}"
+        return (image.strip(), text), None
+
+    return _read_label_lines(path, images_dir, parse)
+
+
+def _read_label_lines(path: str | Path, images_dir, parse) -> list[dict]:
+    """Records of a one-line-per-image labels file: `parse(line)` gives ((image path, text), None) or (None, why);
+    a malformed line is kept as a bad record named file:line. Paths are relative to the file's folder or
+    `images_dir`."""
     path = Path(path)
     root = Path(images_dir) if images_dir is not None else path.parent
     records = []
     for line_no, line in enumerate(read_text_lines(path), start=1):
         if not line.strip():
             continue
-        image, sep, text = line.partition("\t") if "\t" in line else line.partition(" ")
-        if not sep or not image.strip() or not text.strip():
-            records.append(_bad(f"{path}:{line_no}", f"expected '<image path>\\t<text>', got {line[:80]!r}", text=""))
+        parsed, why = parse(line)
+        if parsed is None:
+            records.append(_bad(f"{path}:{line_no}", why, text=""))
         else:
-            records.append({"image": str(root / image.strip()), "text": text})
+            records.append({"image": str(root / parsed[0]), "text": parsed[1]})
     if not records:
         raise DataError(f"{path} has no lines")
     return records

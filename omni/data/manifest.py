@@ -25,6 +25,17 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [record for _, record in read_jsonl_lines(path)]
 
 
+def parse_json_object(line: str, where: str) -> dict:
+    """One JSONL line -> its object; a DataError naming `where` (file:line) when it is not a JSON object."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
 def read_jsonl_lines(path: str | Path, what: str = "manifest") -> list[tuple[int, dict]]:
     """(line number, record) of every non-blank line, so later errors can name file:line."""
     path = Path(path)
@@ -36,13 +47,7 @@ def read_jsonl_lines(path: str | Path, what: str = "manifest") -> list[tuple[int
             line = decode_line(raw, path, line_no)
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            records.append((line_no, record))
+            records.append((line_no, parse_json_object(line, f"{path}:{line_no}")))
     if not records:
         raise DataError(f"{what} {path} has no records")
     return records

@@ -26,7 +26,6 @@ import glob
 import gzip
 import hashlib
 import heapq
-import json
 import random
 import re
 import zlib
@@ -34,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omni.data.manifest import DataError, check_fields, decode_line, require_keys
+from omni.data.manifest import DataError, check_fields, decode_line, parse_json_object, require_keys
 from omni.errors import MissingInput
 
 # File name ending -> format; the compressed forms first, so "a.txt.gz" is not taken for something else.
@@ -190,12 +189,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, str | None]]:
         if not line.strip():
             continue
         where = f"{path}:{line_no}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        record = parse_json_object(line, where)
         require_keys(record, (TEXT_FIELD,), where)
         if record[TEXT_FIELD] is not None:
             check_fields(record, where, required=(TEXT_FIELD,))
