@@ -194,7 +194,7 @@ def parse_args(argv=None):
     parser.add_argument("--evals", type=int, default=10, help="evaluations per run (sets val_freq)")
     parser.add_argument("--checkpoints", type=int, default=20, help="checkpoints per run (sets checkpoint_freq)")
     parser.add_argument("--world-size", type=int, default=1, help="processes the run will use (torchrun)")
-    parser.add_argument("--data-dir", type=Path, help="rewrite data paths to DATA_DIR/<folder>/<file>")
+    parser.add_argument("--data-dir", type=Path, help="move data paths from data/ to DATA_DIR (see above)")
     parser.add_argument("--tokenizer", help="Stage A: tokenizer.model to count tokens with")
     parser.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
     args = parser.parse_args(argv)
