@@ -13,6 +13,15 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test starts on one thread (tiny convolutions and matrices run several times faster than on two
+    contended ones), and a test that changes the count (a benchmark, a script run in-process) can't leak it."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
 def _fixed_seeds():
     random.seed(0)
     np.random.seed(0)

@@ -5,7 +5,9 @@ command lines (TINY / command() in tests/test_train_*.py, tests/test_sft_omni.py
 """
 
 import shutil
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from omni.config import to_dict
@@ -64,3 +66,15 @@ def sft_standins(root, corpus):
                 "config": {"objective": "contrastive", "vision": to_dict(vision)}}, root / "vision.pt")
     sft, _ = make_sft_data(root, n_train=48, n_val=16)
     return root, sft
+
+
+CHAT_WORDS = "the red blue green circle square triangle what colour is shape which word say hello".split()
+
+
+def chat_tokenizer(out: Path):
+    """A 295-piece tokenizer over random sentences of CHAT_WORDS (the SFT tests pin token ids made with it)."""
+    from omni.tokenizer import train_tokenizer
+
+    rng = np.random.default_rng(0)
+    (out / "c.txt").write_text("\n".join(" ".join(rng.choice(CHAT_WORDS, 8)) for _ in range(300)) + "\n")
+    return train_tokenizer([out / "c.txt"], out, vocab_size=295, num_threads=1)

@@ -42,6 +42,7 @@ from omni.errors import InvalidInput
 from omni.stages import AudioStage, TalkerStage, TextStage, VisionStage
 from omni.tokenizer import train_tokenizer
 from tests.conftest import REPO
+from tests.stage_data import chat_tokenizer
 
 VOCAB = CharVocab.from_texts(["abcdefghijklmnopqrstuvwxyz' "])
 
@@ -176,11 +177,7 @@ def sliver(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tok")
-    words = "the red blue green circle square triangle what colour is shape which word say hello".split()
-    rng = np.random.default_rng(0)
-    (out / "c.txt").write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(300)) + "\n")
-    return train_tokenizer([out / "c.txt"], out, vocab_size=295, num_threads=1)
+    return chat_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def chat(user, answer="red"):

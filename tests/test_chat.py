@@ -15,7 +15,8 @@ from PIL import Image
 
 from omni.chat import NEW_TOKEN_IDS, ChatEncoder, image_token_count
 from omni.data.sft import SftSource, read_sft_manifest
-from omni.tokenizer import IM_END, IM_START, train_tokenizer
+from omni.tokenizer import IM_END, IM_START
+from tests.stage_data import chat_tokenizer
 
 X = -100  # no loss
 USER_IMAGE = "<image> What colour is the shape?"
@@ -56,10 +57,7 @@ INFER = [  # (messages, image tokens, audio mel frames) -> prompt ids
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("chat")
-    words = "the red blue green circle square triangle what colour is shape which word say hello".split()
-    rng = np.random.default_rng(0)
-    (out / "c.txt").write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(300)) + "\n")
-    tokenizer = train_tokenizer([out / "c.txt"], out, vocab_size=295, num_threads=1)
+    tokenizer = chat_tokenizer(out)
     sf.write(out / "a.wav", np.full(8000, 0.1, np.float32), 16000)
     Image.new("RGB", (20, 20), (255, 0, 0)).save(out / "x.png")
     (out / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))

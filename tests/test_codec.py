@@ -11,14 +11,6 @@ from omni.codec import Codec, CodecConfig, VectorQuantizer, usage_perplexity
 F_MELS = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convolutions run several times faster on one thread than on two contended ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_codec(**overrides) -> Codec:
     sizes = {"n_mels": F_MELS, "channels": 16, "latent_dim": 8, "codebook_size": 32, "n_codebooks": 2}

@@ -9,14 +9,6 @@ from omni.talker import IGNORE_INDEX, Talker, TalkerConfig, code_accuracy, talke
 TEXT_V, V, K = 50, 16, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matrices run several times faster on one thread than on two contended ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_talker(seed=0, **overrides) -> Talker:
     torch.manual_seed(seed)

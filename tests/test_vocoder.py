@@ -23,14 +23,6 @@ from omni.vocoder import (
 N_MELS = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convolutions run several times faster on one thread than on two contended ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_config(**overrides) -> VocoderConfig:
     sizes = {
