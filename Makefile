@@ -6,31 +6,24 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test bench lint clean-demo chaos chat
 
-# Install pinned requirements into .venv (re-runs only when a requirements file changes), espeak-ng, and chromium
-# (the headless browser test of the chat app).
+# $(call apt_install,CHECK,PACKAGES,WHY): when the shell command CHECK fails, install Debian PACKAGES (as root, with
+# one `apt-get update` retry), else print a hint. WHY must not contain a comma.
+define apt_install
+	@$(1) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $(2) ($(3))"; \
+	    (apt-get install -y -qq $(2) >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq $(2))); \
+	  else \
+	    echo "hint: sudo apt-get install $(2) ($(3))"; \
+	  fi; }
+endef
+
+# Install pinned requirements into .venv (re-runs only when a requirements file changes) and the Debian packages:
+# espeak-ng (synthetic speech), fonts (OCR lines), chromium (the chat app's headless browser test).
 setup: $(STAMP)
-	@command -v espeak-ng >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing espeak-ng (speech synthesis for the synthetic speech data)"; \
-	    (apt-get install -y -qq espeak-ng >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq espeak-ng)); \
-	  else \
-	    echo "hint: install espeak-ng (e.g. sudo apt-get install espeak-ng); the speech stages need it"; \
-	  fi; }
-	@fc-list 2>/dev/null | grep -qi liberation || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing fonts-dejavu-core fonts-liberation (scripts/make_ocr_lines.py renders OCR lines with them)"; \
-	    (apt-get install -y -qq fonts-dejavu-core fonts-liberation >/dev/null 2>&1 || (apt-get update -qq && \
-	     apt-get install -y -qq fonts-dejavu-core fonts-liberation)); \
-	  else \
-	    echo "hint: sudo apt-get install fonts-dejavu-core fonts-liberation (fonts for scripts/make_ocr_lines.py)"; \
-	  fi; }
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing chromium (the headless browser check of the chat app)"; \
-	    (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)); \
-	  else \
-	    echo "hint: install chromium (e.g. sudo apt-get install chromium); the chat app's browser test needs it"; \
-	  fi; }
+	$(call apt_install,command -v espeak-ng,espeak-ng,speech synthesis for the synthetic speech data)
+	$(call apt_install,fc-list | grep -qi liberation,fontconfig fonts-dejavu-core fonts-liberation,fonts for scripts/make_ocr_lines.py)
+	$(call apt_install,command -v chromium,chromium,the headless browser check of the chat app)
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-app.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
