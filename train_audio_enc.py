@@ -3,12 +3,13 @@
     python train_audio_enc.py --config configs/audio_enc_tiny.json [--set train.max_steps=2000 ...]
 
 Data: data.train_manifest / data.val_manifest are JSONL manifests {"audio", "text"[, "duration"]}, Common Voice split
-TSVs, transcript CSV/TSV tables, LibriSpeech split folders or LJSpeech folders, or lists of these (omni.data.speech;
-the log names the layout read). Transcripts are normalised to lowercase a-z, apostrophe and space; the character
-vocabulary is the sorted set of characters of the normalised training transcripts (blank = id 0). It is written to
-<save_dir>/vocab.json on the first run and that file is the run's alphabet from then on (the CTC head's size depends
-on it). Unusable clips (unreadable audio, empty transcripts, transcripts with more characters than the audio has
-CTC frames, clips over data.max_mel_length) are skipped, counted and named in training.log at each epoch end.
+TSVs, transcript CSV/TSV tables, LibriSpeech split folders or LJSpeech folders, or lists of these
+(omni.data.speech_layouts; the log names the layout read). Transcripts are normalised to lowercase a-z, apostrophe
+and space; the character vocabulary is the sorted set of characters of the normalised training transcripts (blank =
+id 0). It is written to <save_dir>/vocab.json on the first run and that file is the run's alphabet from then on (the
+CTC head's size depends on it). Unusable clips (unreadable audio, empty transcripts, transcripts with more
+characters than the audio has CTC frames, clips over data.max_mel_length) are skipped, counted and named in
+training.log at each epoch end.
 
 Batches are bucketed by clip length (data.bucket_batches) to cut padding; data.max_mel_length pads every batch to a
 static length instead (required by train.compile; scripts/check_mel_lengths.py recommends a value). SpecAugment
@@ -30,8 +31,10 @@ from omni.components import audio_encoder_weights
 from omni.config import load_config
 from omni.ctc import VOCAB_FILE, CharVocab, ctc_loss, load_vocab, pin_vocab
 from omni.data.resumable import ResumableDataset, require_usable
-from omni.data.speech import AsrSource, load_asr_records, normalize_transcript, source_name
+from omni.data.speech import AsrSource
+from omni.data.speech_layouts import load_asr_records, source_name
 from omni.stages import AudioStage
+from omni.text_frontend import normalize_transcript
 from omni.training import Run
 from omni.training.distributed import barrier
 

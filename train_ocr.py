@@ -20,7 +20,8 @@ from omni.builders import build_ocr
 from omni.components import ocr_weights
 from omni.config import load_config
 from omni.ctc import VOCAB_FILE, CharVocab, pin_vocab
-from omni.data.images import OcrSource, load_ocr_records
+from omni.data.image_layouts import load_ocr_records
+from omni.data.images import OcrSource
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.errors import UserError
 from omni.ocr import OcrModel

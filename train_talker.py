@@ -34,7 +34,7 @@ from omni.components import CODEC_FILE, codec_weights, load_stage_model, talker_
 from omni.config import load_config
 from omni.data import fingerprint
 from omni.data.resumable import ResumableDataset, require_usable
-from omni.data.speech import load_asr_records, source_name
+from omni.data.speech_layouts import load_asr_records, source_name
 from omni.data.tts import SpeechClips, TalkerCodes, build_code_cache, code_cache_path, random_segments
 from omni.stages import TalkerStage
 from omni.talker import code_accuracy, talker_targets

@@ -22,7 +22,8 @@ from omni import evaluation
 from omni.builders import build_vision
 from omni.components import load_stage_model, vision_weights
 from omni.config import load_config
-from omni.data.images import ImageSource, label_names, load_image_records
+from omni.data.image_layouts import label_names, load_image_records
+from omni.data.images import ImageSource
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.stages import VisionStage
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer

@@ -29,7 +29,7 @@ from omni.builders import build_vocoder
 from omni.components import vocoder_weights
 from omni.config import load_config
 from omni.data.resumable import ResumableDataset, require_usable
-from omni.data.speech import load_asr_records, source_name
+from omni.data.speech_layouts import load_asr_records, source_name
 from omni.data.tts import SpeechClips, random_segments
 from omni.stages import VocoderStage
 from omni.training import Run

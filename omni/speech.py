@@ -36,7 +36,7 @@ from omni.audio import MIN_SAMPLES, SAMPLE_RATE, LogMel
 from omni.components import CODEC_FILE, TALKER_FILE, VOCODER_FILE, load_stage_model
 from omni.ctc import CharVocab, ctc_transcripts
 from omni.data.manifest import read_jsonl
-from omni.data.speech import load_asr_records
+from omni.data.speech_layouts import load_asr_records
 from omni.errors import InvalidInput
 from omni.metrics import char_error_counts, word_error_counts
 from omni.text_frontend import normalize_transcript, talker_text_ids

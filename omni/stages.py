@@ -60,7 +60,7 @@ class TextStage:
 @dataclass
 class VisionData:
     # A JSONL manifest {"image", "caption", "label"} (paths relative to it), COCO captions JSON, Flickr8k/30k captions
-    # file or a captions table (omni.data.images.load_image_records detects which and logs it)
+    # file or a captions table (omni.data.image_layouts.load_image_records detects which and logs it)
     train_manifest: str = "data/images/train.jsonl"
     val_manifest: str = "data/images/val.jsonl"  # held-out images for retrieval R@k / accuracy
     train_images: str | None = None  # image folder of train_manifest; None = the layout's convention (COCO:
@@ -97,7 +97,7 @@ class VisionStage:
 @dataclass
 class OcrData:
     # A JSONL manifest {"image", "text"} (paths relative to it), an MJSynth annotation file or a labels file
-    # (`<image>\t<text>` lines) (omni.data.images.load_ocr_records detects which and logs it)
+    # (`<image>\t<text>` lines) (omni.data.image_layouts.load_ocr_records detects which and logs it)
     train_manifest: str = "data/ocr/train.jsonl"
     val_manifest: str = "data/ocr/val.jsonl"  # held-out lines for CER and exact-line accuracy
     train_images: str | None = None  # folder the image paths of train_manifest are relative to; None = its folder
@@ -161,7 +161,7 @@ class SpecAugmentConfig:
 class AudioData:
     # A JSONL manifest {"audio", "text"[, "duration"]} (paths relative to it), a Common Voice split TSV, a transcript
     # CSV/TSV, a LibriSpeech split folder or an LJSpeech folder, or a list of these read in order
-    # (omni.data.speech.load_asr_records).
+    # (omni.data.speech_layouts.load_asr_records).
     train_manifest: str | list[str] = "data/speech/train.jsonl"
     val_manifest: str | list[str] = "data/speech/val.jsonl"  # held-out utterances for CER / WER
     max_mel_length: int | None = None  # longer clips are skipped (and counted); every batch is padded to it (static

@@ -119,7 +119,8 @@ def char_vocab(manifest, normalize: bool) -> int | None:
     at hand. ASR data (normalize) is read as train_audio_enc.py reads it (any speech layout, or a list of paths);
     OCR data from a JSONL manifest only."""
     from omni.ctc import CharVocab
-    from omni.data.speech import load_asr_records, normalize_transcript, source_paths
+    from omni.data.speech_layouts import load_asr_records, source_paths
+    from omni.text_frontend import normalize_transcript
 
     if normalize:
         if not all(p.exists() for p in source_paths(manifest)):

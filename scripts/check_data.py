@@ -149,7 +149,9 @@ def text(report: Report, cfg, args) -> None:
 
 def audio(report: Report, cfg, args) -> None:
     from omni.ctc import CharVocab
-    from omni.data.speech import AsrSource, load_asr_records, normalize_transcript
+    from omni.data.speech import AsrSource
+    from omni.data.speech_layouts import load_asr_records
+    from omni.text_frontend import normalize_transcript
 
     records = {split: load_asr_records(getattr(cfg.data, f"{split}_manifest"), key=f"data.{split}_manifest",
                                        log=report.line) for split in ("train", "val")}
@@ -171,7 +173,8 @@ def audio(report: Report, cfg, args) -> None:
 
 def ocr(report: Report, cfg, args) -> None:
     from omni.ctc import CharVocab
-    from omni.data.images import OcrSource, load_ocr_records
+    from omni.data.image_layouts import load_ocr_records
+    from omni.data.images import OcrSource
     from omni.ocr import OcrModel
 
     records = {split: load_ocr_records(getattr(cfg.data, f"{split}_manifest"), getattr(cfg.data, f"{split}_images"),
@@ -193,7 +196,8 @@ def ocr(report: Report, cfg, args) -> None:
 
 
 def vision(report: Report, cfg, args) -> None:
-    from omni.data.images import ImageSource, label_names, load_image_records
+    from omni.data.image_layouts import label_names, load_image_records
+    from omni.data.images import ImageSource
     from omni.tokenizer import Tokenizer
 
     records = {split: load_image_records(getattr(cfg.data, f"{split}_manifest"),
@@ -276,7 +280,7 @@ def sft(report: Report, cfg, args) -> None:
 
 
 def speech_clips(report: Report, cfg, key: str, *, n_mels: int, with_wav: bool) -> None:
-    from omni.data.speech import load_asr_records
+    from omni.data.speech_layouts import load_asr_records
     from omni.data.tts import SpeechClips
 
     records = {split: load_asr_records(getattr(cfg.data, f"{split}_manifest"), key=f"{key}data.{split}_manifest",

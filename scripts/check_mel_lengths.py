@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from omni.audio import ENCODER_SUBSAMPLING, MEL_FRAME_RATE, SAMPLE_RATE, encoder_frames, mel_frames  # noqa: E402
 from omni.ctc import min_ctc_frames  # noqa: E402
-from omni.data.speech import load_asr_records, normalize_transcript, source_name  # noqa: E402
+from omni.data.speech_layouts import load_asr_records, source_name  # noqa: E402
+from omni.text_frontend import normalize_transcript  # noqa: E402
 
 PERCENTILES = (50, 90, 95, 99, 99.9, 100)
 

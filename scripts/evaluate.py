@@ -70,7 +70,8 @@ def audio(cfg, path: Path, log):
     from omni.components import load_stage_model
     from omni.ctc import CharVocab
     from omni.data.resumable import require_usable
-    from omni.data.speech import AsrSource, load_asr_records
+    from omni.data.speech import AsrSource
+    from omni.data.speech_layouts import load_asr_records
 
     model, saved = load_stage_model(path, "audio_encoder")
     vocab = CharVocab.from_list(saved.extras["vocab"])
@@ -86,7 +87,8 @@ def audio(cfg, path: Path, log):
 def ocr(cfg, path: Path, log):
     from omni.components import load_stage_model
     from omni.ctc import CharVocab
-    from omni.data.images import OcrSource, load_ocr_records
+    from omni.data.image_layouts import load_ocr_records
+    from omni.data.images import OcrSource
     from omni.data.resumable import require_usable
     from omni.ocr import OcrModel
 
@@ -104,7 +106,8 @@ def ocr(cfg, path: Path, log):
 def vision(cfg, path: Path, log):
     from omni.components import load_stage_model
     from omni.contrastive import ContrastiveConfig, ContrastiveModel
-    from omni.data.images import ImageSource, load_image_records
+    from omni.data.image_layouts import load_image_records
+    from omni.data.images import ImageSource
     from omni.data.resumable import require_usable
     from omni.tokenizer import Tokenizer
     from omni.training.checkpoint import load
@@ -164,7 +167,7 @@ def sft(cfg, path: Path, log):
 def codec(cfg, path: Path, log):
     from omni.components import load_stage_model
     from omni.data.resumable import require_usable
-    from omni.data.speech import load_asr_records, source_name
+    from omni.data.speech_layouts import load_asr_records, source_name
     from omni.data.tts import SpeechClips
 
     model, _ = load_stage_model(path, "codec")
@@ -180,7 +183,7 @@ def talker(cfg, path: Path, log, *, device, asr=None, vocoder=None, tts_sentence
     omni.speech (the `python -m omni.speech` check) on the first `tts_sentences` val sentences."""
     from omni.components import CODEC_FILE, load_stage_model
     from omni.data.resumable import require_usable
-    from omni.data.speech import load_asr_records, source_name
+    from omni.data.speech_layouts import load_asr_records, source_name
     from omni.data.tts import TalkerCodes, build_code_cache
     from omni.speech import SpeechSynthesizer, Transcriber, Vocoder, intelligibility
     from omni.tokenizer import TOKENIZER_FILE, Tokenizer
@@ -215,7 +218,7 @@ def talker(cfg, path: Path, log, *, device, asr=None, vocoder=None, tts_sentence
 def vocoder(cfg, path: Path, log):
     from omni.components import load_stage_model
     from omni.data.resumable import require_usable
-    from omni.data.speech import load_asr_records, source_name
+    from omni.data.speech_layouts import load_asr_records, source_name
     from omni.data.tts import SpeechClips
 
     model, saved = load_stage_model(path, "vocoder")  # the generator

@@ -156,8 +156,8 @@ def read_sources(args) -> dict[str, tuple]:
 
 
 def build(sources: dict, out: Path, *, per_task: int, seed: int, log=print) -> dict[str, list[dict]]:
-    from omni.data.images import load_image_records, load_ocr_records
-    from omni.data.speech import load_asr_records
+    from omni.data.image_layouts import load_image_records, load_ocr_records
+    from omni.data.speech_layouts import load_asr_records
     from omni.data.text_sources import open_corpus
 
     splits = {"train": [], "val": []}

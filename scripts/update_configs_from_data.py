@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from omni.atomic import atomic_write_text  # noqa: E402
 from omni.config import DATA_PATH_KEYS, from_dict  # noqa: E402
-from omni.data.images import load_image_records, load_ocr_records  # noqa: E402
+from omni.data.image_layouts import load_image_records, load_ocr_records  # noqa: E402
 from omni.data.sft import read_sft_manifest  # noqa: E402
-from omni.data.speech import load_asr_records  # noqa: E402
+from omni.data.speech_layouts import load_asr_records  # noqa: E402
 from omni.data.text_sources import normalize_document, open_corpus  # noqa: E402
 from omni.errors import InvalidInput  # noqa: E402
 from omni.stages import STAGE_CLASSES, detect_stage  # noqa: E402

@@ -32,11 +32,13 @@ from PIL import Image
 from omni.audio import SAMPLE_RATE
 from omni.config import ConfigError, load_config, load_config_file
 from omni.ctc import CharVocab
-from omni.data.images import ImageSource, read_image_manifest, read_ocr_manifest
+from omni.data.image_layouts import read_image_manifest, read_ocr_manifest
+from omni.data.images import ImageSource
 from omni.data.manifest import DataError, read_jsonl_lines
 from omni.data.resumable import BadSample
 from omni.data.sft import SftSource, read_sft_manifest
-from omni.data.speech import AsrSource, read_asr_manifest, read_librispeech
+from omni.data.speech import AsrSource
+from omni.data.speech_layouts import read_asr_manifest, read_librispeech
 from omni.data.text import read_documents
 from omni.errors import InvalidInput
 from omni.stages import AudioStage, TalkerStage, TextStage, VisionStage
@@ -203,7 +205,7 @@ def ocr_item(tmp_path, width, **source_args):
 
 
 def coco(tmp_path, images, annotations):
-    from omni.data.images import read_coco_captions
+    from omni.data.image_layouts import read_coco_captions
 
     path = tmp_path / "captions.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations}))

@@ -10,19 +10,8 @@ import torch
 from PIL import Image
 
 from omni.ctc import CharVocab
-from omni.data.images import (
-    IMAGE_MEAN,
-    IMAGE_STD,
-    ImageSource,
-    OcrSource,
-    image_to_tensor,
-    label_names,
-    line_to_tensor,
-    load_image,
-    read_coco_captions,
-    read_image_manifest,
-    read_ocr_manifest,
-)
+from omni.data.image_layouts import label_names, read_coco_captions, read_image_manifest, read_ocr_manifest
+from omni.data.images import IMAGE_MEAN, IMAGE_STD, ImageSource, OcrSource, image_to_tensor, line_to_tensor, load_image
 from omni.data.resumable import BadSample
 from omni.synthetic.images import COLOURS, POSITIONS, SHAPES, SIZES, caption_for, label_for, write_image_dataset
 from omni.synthetic.ocr_lines import write_ocr_dataset

@@ -14,7 +14,8 @@ import zipfile
 import pytest
 from PIL import Image
 
-from omni.data.images import ImageSource, OcrSource, load_image_records, load_ocr_records
+from omni.data.image_layouts import load_image_records, load_ocr_records
+from omni.data.images import ImageSource, OcrSource
 from omni.data.manifest import DataError
 from omni.data.resumable import BadSample
 from omni.errors import MissingInput

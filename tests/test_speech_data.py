@@ -11,7 +11,8 @@ import torch
 from omni.audio import SAMPLE_RATE, mel_frames
 from omni.ctc import CharVocab
 from omni.data.resumable import BadSample
-from omni.data.speech import AsrSource, load_asr_records, read_asr_manifest, read_librispeech, read_ljspeech
+from omni.data.speech import AsrSource
+from omni.data.speech_layouts import load_asr_records, read_asr_manifest, read_librispeech, read_ljspeech
 from omni.speech import manifest_phrases
 from omni.synthetic import speech as synth
 from omni.text_frontend import normalize_transcript, normalize_transcript_report

@@ -21,7 +21,8 @@ from omni.audio import resample
 from omni.config import load_config_file, missing_data_paths
 from omni.ctc import CharVocab
 from omni.data.manifest import DataError, read_jsonl
-from omni.data.speech import AsrSource, load_asr_records, speech_layout
+from omni.data.speech import AsrSource
+from omni.data.speech_layouts import load_asr_records, speech_layout
 from omni.data.tts import SpeechClips, build_code_cache
 from omni.stages import AudioStage
 from tests.conftest import REPO

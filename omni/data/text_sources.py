@@ -1,6 +1,6 @@
 """Text corpora for Stage A in the layouts public datasets ship in, read as one stream of documents.
 
-`open_corpus(spec)` looks at the path (as `omni.data.speech.load_asr_records` does for ASR) and reads:
+`open_corpus(spec)` looks at the path (as `omni.data.speech_layouts.load_asr_records` does for ASR) and reads:
 - a plain-text file (`.txt`, or any file of another name): documents are paragraphs separated by blank lines;
 - a JSONL file (`.jsonl`): one document per line, in its "text" field;
 - a parquet shard (`.parquet`, needs pyarrow): one document per row of its "text" column (FineWeb-Edu, TinyStories,

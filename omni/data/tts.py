@@ -1,6 +1,6 @@
 """Speech-out data (Stage D codec and Talker, the vocoder): clips as log-mels (+ waveforms), and text -> codes pairs.
 
-Records come from `omni.data.speech.load_asr_records` (JSONL manifests, Common Voice TSVs, transcript CSV/TSV tables,
+Records come from `omni.data.speech_layouts.load_asr_records` (JSONL manifests, Common Voice TSVs, transcript CSV/TSV tables,
 LibriSpeech or LJSpeech folders, or a list of these): {"audio", "text"[, "duration"]}, so every layout Stage B reads
 feeds these stages too.
 
