@@ -2,7 +2,8 @@
 synthetic images): COCO captions, Flickr8k (token file, split lists), Flickr30k (results.csv), Kaggle's captions.txt,
 an image folder with a captions CSV; MJSynth annotation files and a generic labels file; malformed rows named
 file:line and skipped as bad samples; scripts/download_coco.py against a file:// mirror; scripts/make_ocr_lines.py
-on corpus words; a few steps of train_vision.py on COCO and of train_ocr.py on MJSynth + rendered corpus lines."""
+on corpus words; a few steps of train_vision.py on COCO and of train_ocr.py on MJSynth + rendered corpus lines, each
+run then scored by scripts/evaluate.py on its val set in that layout (COCO annotations JSON, annotation_val.txt)."""
 
 import importlib.util
 import json
@@ -22,6 +23,7 @@ from omni.errors import MissingInput
 from omni.synthetic.images import write_image_dataset
 from tests.conftest import REPO
 from tests.stage_data import stage_a_standin
+from tests.test_text_sources import evaluate_like_the_run
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 
@@ -314,12 +316,14 @@ def test_train_vision_on_coco(tmp_path, coco, text_corpus):
     (tmp_path / "tiny.json").write_text(json.dumps(config))
     train_json, val_json = coco
     save = tmp_path / "run"
-    run_stage([sys.executable, "train_vision.py", "--config", str(tmp_path / "tiny.json"), "--set",
-               f"train.save_dir={save}", f"data.train_manifest={train_json}", f"data.val_manifest={val_json}",
-               f"data.tokenizer={stage_a / 'tokenizer.model'}"])
+    sets = [f"train.save_dir={save}", f"data.train_manifest={train_json}", f"data.val_manifest={val_json}",
+            f"data.tokenizer={stage_a / 'tokenizer.model'}"]
+    run_stage([sys.executable, "train_vision.py", "--config", str(tmp_path / "tiny.json"), "--set", *sets])
     log = (save / "training.log").read_text()
     assert f"data.train_manifest: COCO captions {train_json}, 24 records of 24 images" in log
     assert json.loads((save / "summary.json").read_text())["step"] == 3 and (save / "vision.pt").is_file()
+    done = evaluate_like_the_run(save, tmp_path / "tiny.json", sets, "i2t_r1", tmp_path / "eval.json")
+    assert f"data.val_manifest: COCO captions {val_json}, 8 records of 8 images" in done.stderr
 
 
 @pytest.mark.parametrize("layout", ["MJSynth annotations", "rendered corpus lines"])
@@ -335,8 +339,10 @@ def test_train_ocr_on(layout, tmp_path, mjsynth, text_corpus):
     config = {**TINY, "train": {**TINY["train"], "max_steps": 3, "val_freq": 3, "checkpoint_freq": 3}}
     (tmp_path / "tiny.json").write_text(json.dumps(config))
     save = tmp_path / "run"
-    run_stage([sys.executable, "train_ocr.py", "--config", str(tmp_path / "tiny.json"), "--set",
-               f"train.save_dir={save}", f"data.train_manifest={train}", f"data.val_manifest={val}"])
+    sets = [f"train.save_dir={save}", f"data.train_manifest={train}", f"data.val_manifest={val}"]
+    run_stage([sys.executable, "train_ocr.py", "--config", str(tmp_path / "tiny.json"), "--set", *sets])
     log = (save / "training.log").read_text()
     assert f"data.train_manifest: {'JSONL manifest' if 'corpus' in layout else layout} {train}, {n} lines" in log
     assert json.loads((save / "summary.json").read_text())["step"] == 3 and (save / "ocr.pt").is_file()
+    done = evaluate_like_the_run(save, tmp_path / "tiny.json", sets, "val_cer", tmp_path / "eval.json")
+    assert f"data.val_manifest: {'JSONL manifest' if 'corpus' in layout else layout} {val}" in done.stderr

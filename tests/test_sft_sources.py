@@ -1,6 +1,7 @@
 """Stage E on other people's data: LLaVA JSON, ShareGPT and OpenAI-messages records (LLaMA-Factory's multimodal
 format) read and detected per file, and scripts/make_sft_from_data.py building a real Stage-E set from a COCO-layout
-caption set, speech, OCR lines and a text corpus, which sft_omni.py trains on with an evaluation per task."""
+caption set, speech, OCR lines and a text corpus, which sft_omni.py trains on with an evaluation per task; then
+scripts/evaluate.py scores that run on the same val set as a LLaMA-Factory JSON file."""
 
 import importlib.util
 import json
@@ -16,6 +17,7 @@ from omni.tokenizer import Tokenizer
 from tests import test_sft_omni
 from tests.conftest import REPO
 from tests.stage_data import sft_standins
+from tests.test_text_sources import evaluate_like_the_run
 from tests.test_train_audio_enc import write_tone_dataset
 
 spec = importlib.util.spec_from_file_location("make_sft_from_data", REPO / "scripts" / "make_sft_from_data.py")
@@ -134,3 +136,13 @@ def test_make_sft_from_data_then_sft_omni_per_task(tmp_path, media, text_corpus)
     metrics = json.loads((run_dir / "summary.json").read_text())["metrics"]
     assert {f"em_{t}" for t in tasks} <= metrics.keys() and "mixed_acc" in metrics
     assert "omni JSONL" in (run_dir / "training.log").read_text()
+
+    # The same val set in LLaMA-Factory's multimodal layout (a JSON array of {"messages", "images", "audios"}, the
+    # media relative to the file, our "task", "kind" and "duration" kept as extra keys) scores the run's metrics.
+    extra = ("task", "kind", "duration")
+    factory = [{"messages": r["messages"], "images": [r["image"]] if r.get("image") else [],
+                "audios": [r["audio"]] if r.get("audio") else [], **{k: r[k] for k in extra if k in r}} for r in val]
+    (out / "val_llamafactory.json").write_text(json.dumps(factory))
+    done = evaluate_like_the_run(run_dir, cmd[cmd.index("--config") + 1], cmd[cmd.index("--set") + 1:] + [
+        f"data.val_manifest={out / 'val_llamafactory.json'}"], "mixed_acc", tmp_path / "eval.json")
+    assert f"{out / 'val_llamafactory.json'}: OpenAI messages" in done.stderr

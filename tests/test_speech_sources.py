@@ -1,7 +1,8 @@
 """Public speech layouts beyond LibriSpeech/LJSpeech (omni.data.speech): Common Voice split TSVs with clips/*.mp3,
 a folder of audio with a transcript CSV/TSV, several sources per data key (real + synthetic mixed), bad rows named
 file:line, each path of a list checked before a run, the Talker code cache over these records, and a few steps of
-train_audio_enc.py (Common Voice) and train_talker.py phase=codec (folder + CSV mixed with a JSONL set).
+train_audio_enc.py (Common Voice) and train_talker.py phase=codec (folder + CSV mixed with a JSONL set), each run
+then scored by scripts/evaluate.py on its val set in that layout (dev.tsv, the folder's val.tsv).
 
 Fixtures are written in the datasets' exact on-disk layouts from the synthetic tone speech of
 tests/test_train_audio_enc.py (alignable transcripts, so Stage B really trains on them)."""
@@ -26,6 +27,7 @@ from omni.data.speech_layouts import load_asr_records, speech_layout
 from omni.data.tts import SpeechClips, build_code_cache
 from omni.stages import AudioStage
 from tests.conftest import REPO
+from tests.test_text_sources import evaluate_like_the_run
 from tests.test_train_audio_enc import TINY as AUDIO_TINY
 from tests.test_train_audio_enc import write_tone_dataset
 
@@ -264,13 +266,15 @@ def test_train_audio_enc_on_common_voice(tmp_path, cv):
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(AUDIO_TINY))
     save = tmp_path / "run"
-    run_ok([sys.executable, str(REPO / "train_audio_enc.py"), "--config", str(config), "--set",
-            f"train.save_dir={save}", "train.max_steps=4", "train.val_freq=4",
-            f"data.train_manifest={cv / 'train.tsv'}", f"data.val_manifest={cv / 'dev.tsv'}"])
+    sets = [f"train.save_dir={save}", "train.max_steps=4", "train.val_freq=4",
+            f"data.train_manifest={cv / 'train.tsv'}", f"data.val_manifest={cv / 'dev.tsv'}"]
+    run_ok([sys.executable, str(REPO / "train_audio_enc.py"), "--config", str(config), "--set", *sets])
     log = (save / "training.log").read_text()
     assert f"data.train_manifest: Common Voice TSV {cv / 'train.tsv'}, 16 clips" in log
     summary = json.loads((save / "summary.json").read_text())
     assert summary["step"] == 4 and np.isfinite(summary["metrics"]["val_cer"])
+    done = evaluate_like_the_run(save, config, sets, "val_cer", tmp_path / "eval.json")
+    assert f"data.val_manifest: Common Voice TSV {cv / 'dev.tsv'}, 4 clips" in done.stderr
 
 
 def test_train_talker_codec_phase_on_a_folder_csv_mixed_with_jsonl(tmp_path, folder, tones):
@@ -290,3 +294,6 @@ def test_train_talker_codec_phase_on_a_folder_csv_mixed_with_jsonl(tmp_path, fol
     summary = json.loads((save / "summary.json").read_text())
     assert summary["step"] == 4 and np.isfinite(summary["metrics"]["val_recon_l1"])
     assert (save / "rvq_codec.pt").is_file()
+    done = evaluate_like_the_run(tmp_path / "talker", tmp_path / "tiny.json", [], "val_recon_l1",
+                                 tmp_path / "eval.json", summary_dir=save)
+    assert f"transcript table {folder / 'val.tsv'}, 4 clips" in done.stderr

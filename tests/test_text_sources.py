@@ -1,6 +1,8 @@
 """Stage A text in the layouts public corpora ship in (omni.data.text_sources): .txt, .jsonl, parquet shards (the
 TinyStories, FineWeb-Edu and Wikipedia layouts), .gz, folders and globs; the token cache over shards; train_text.py
-on a folder of parquet shards; scripts/download_text.py against a file:// mirror."""
+on a folder of parquet shards, then scripts/evaluate.py on a parquet val shard; scripts/download_text.py against a
+file:// mirror. `evaluate_like_the_run` (the evaluate.py check after a few training steps) serves the other
+*_sources tests too."""
 
 import gzip
 import importlib
@@ -49,6 +51,23 @@ def write_jsonl(path, texts, opener=open):
         for i, t in enumerate(texts):
             f.write(json.dumps({"id": i, "text": t, "meta": {"source": "x"}}) + "\n")
     return path
+
+
+def evaluate_like_the_run(run_dir, config, sets, metric, out, summary_dir=None):
+    """`scripts/evaluate.py --config config --set *sets --json out` as a user runs it after training: exit 0,
+    `metric` among its metrics and every metric of the run's summary.json (in `summary_dir`, default `run_dir`)
+    equal to the run's own on its val set (same readers, same evaluation code), nothing under `run_dir` written."""
+    before = {p.relative_to(run_dir): (p.stat().st_mtime_ns, p.stat().st_size) for p in run_dir.rglob("*")}
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), "--config", str(config), "--set",
+                           *map(str, sets), "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads(out.read_text())["metrics"]
+    summary = json.loads(((summary_dir or run_dir) / "summary.json").read_text())["metrics"]
+    assert metric in metrics and metrics.keys() == summary.keys()
+    for key, value in summary.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert {p.relative_to(run_dir): (p.stat().st_mtime_ns, p.stat().st_size) for p in run_dir.rglob("*")} == before
+    return done
 
 
 def split(items, n):
@@ -178,7 +197,9 @@ def test_bad_records_are_named_and_empty_ones_counted(tmp_path):
 
 
 def test_train_text_on_a_folder_of_parquet_shards(tmp_path, text_corpus, docs):
-    """A few steps of Stage A on FineWeb-Edu-style shards, validated on a .jsonl.gz; the log names the layouts."""
+    """A few steps of Stage A on FineWeb-Edu-style shards, validated on a .jsonl.gz; the log names the layouts. Then
+    scripts/evaluate.py on the same val documents as download_text.py's FineWeb-Edu val.parquet scores the run's
+    val_ppl: the parquet reader and the token cache over it give the same tokens."""
     train = tmp_path / "fineweb-edu" / "train"
     for i, part in enumerate(split(docs, 3)):
         write_parquet(train / f"{i:03d}_00000.parquet", part, url=lambda j: f"http://x/{j}")
@@ -197,6 +218,11 @@ def test_train_text_on_a_folder_of_parquet_shards(tmp_path, text_corpus, docs):
     assert f"tokenizer sample: 300 of {len(docs)} documents" in log
     assert f"{len(docs)} documents from 3 shards" in log
     assert json.loads((save / "summary.json").read_text())["step"] == 4
+
+    val_shard = write_parquet(tmp_path / "fineweb-edu" / "val.parquet", read_documents(text_corpus / "val.txt"))
+    done = evaluate_like_the_run(save, cfg, cmd[cmd.index("--set") + 1:] + [f"data.val_path={val_shard}"], "val_ppl",
+                                 tmp_path / "eval.json")
+    assert f"{val_shard}: file, parquet file" in done.stderr
 
 
 # ------------------------------------------------------------------------------------------------ download
