@@ -8,6 +8,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 
 from omni.data.manifest import write_jsonl
 from omni.data.sft import SftSource, read_sft_manifest
@@ -146,3 +147,33 @@ def test_make_sft_from_data_then_sft_omni_per_task(tmp_path, media, text_corpus)
     done = evaluate_like_the_run(run_dir, cmd[cmd.index("--config") + 1], cmd[cmd.index("--set") + 1:] + [
         f"data.val_manifest={out / 'val_llamafactory.json'}"], "mixed_acc", tmp_path / "eval.json")
     assert f"{out / 'val_llamafactory.json'}: OpenAI messages" in done.stderr
+
+    # A few steps on the same train set in the other layouts sft_omni.py reads. ShareGPT: the same records in the
+    # same order (our "task", "kind" and "duration" kept as extra keys), so the same batches: its step-2 weights
+    # equal the JSONL run's bit for bit, i.e. the conversion loses nothing the training sees.
+    train = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    frm = {"user": "human", "assistant": "gpt", "system": "system"}
+    sharegpt = [{"conversations": [{"from": frm[m["role"]], "value": m["content"]} for m in r["messages"]],
+                 "images": [r["image"]] if r.get("image") else [], "audios": [r["audio"]] if r.get("audio") else [],
+                 **{k: r[k] for k in extra if k in r}} for r in train]
+    write_jsonl(out / "train_sharegpt.jsonl", sharegpt)  # next to train.jsonl: the same relative media paths
+    # LLaVA: a JSON array of the image conversations only, "<image>\n" first as LLaVA writes it, no extra keys.
+    llava = [{"id": str(i), "image": r["image"],
+              "conversations": [{"from": frm[m["role"]], "value": m["content"].replace("<image> ", "<image>\n")}
+                                for m in r["messages"]]} for i, r in enumerate(train) if r.get("image")]
+    assert len(llava) >= 4 and all(r["conversations"][0]["value"].startswith("<image>\n") for r in llava)
+    (out / "train_llava.json").write_text(json.dumps(llava))
+    for layout, name in (("sharegpt", "ShareGPT"), ("llava", "LLaVA JSON")):
+        train_file = out / ("train_sharegpt.jsonl" if layout == "sharegpt" else "train_llava.json")
+        layout_dir = tmp_path / f"run_{layout}"
+        result = subprocess.run(test_sft_omni.command(
+            tmp_path, (root, out), layout_dir, "train.max_steps=2", "train.val_freq=2", "train.batch_size=4",
+            f"data.train_manifest={train_file}"), cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"SFT data {train_file}: {name}" in (layout_dir / "training.log").read_text()
+        summary = json.loads((layout_dir / "summary.json").read_text())
+        assert summary["step"] == 2 and {f"em_{t}" for t in tasks} | {"mixed_acc"} <= summary["metrics"].keys()
+        steps = [torch.load(d / "omni_sft_step_2.pt", weights_only=True)["model"] for d in (run_dir, layout_dir)]
+        assert steps[0].keys() == steps[1].keys()
+        same = all(torch.equal(steps[0][k], steps[1][k]) for k in steps[0])
+        assert same if layout == "sharegpt" else not same  # LLaVA: image conversations only, other batches
