@@ -114,11 +114,11 @@ def build_vocoder(cfg) -> StageModel:
 
 
 def new_token_rows() -> list[int]:
-    """The embedding rows Stage E trains with a frozen Thinker: the chat/media special tokens Stage A never used.
-    Special ids are fixed by omni.tokenizer (Tokenizer.token_id gives the same)."""
-    from omni.tokenizer import AUDIO, IM_END, IM_START, IMAGE, SPECIAL_TOKENS
+    """The embedding rows Stage E trains with a frozen Thinker: omni.chat.NEW_TOKEN_IDS, the chat/media special
+    tokens Stage A never used."""
+    from omni.chat import NEW_TOKEN_IDS
 
-    return [SPECIAL_TOKENS.index(t) for t in (IM_START, IM_END, IMAGE, AUDIO)]
+    return list(NEW_TOKEN_IDS)
 
 
 def build_sft(cfg, *, thinker, audio=None, vision=None) -> StageModel:
