@@ -1,8 +1,8 @@
 """Speech-out data (Stage D codec and Talker, the vocoder): clips as log-mels (+ waveforms), and text -> codes pairs.
 
-Records come from `omni.data.speech_layouts.load_asr_records` (JSONL manifests, Common Voice TSVs, transcript CSV/TSV tables,
-LibriSpeech or LJSpeech folders, or a list of these): {"audio", "text"[, "duration"]}, so every layout Stage B reads
-feeds these stages too.
+Records come from `omni.data.speech_layouts.load_asr_records` (JSONL manifests, Common Voice TSVs, transcript
+CSV/TSV tables, LibriSpeech or LJSpeech folders, or a list of these): {"audio", "text"[, "duration"]}, so every
+layout Stage B reads feeds these stages too.
 
 - `SpeechClips`: item -> log-mel (T, F) (+ the 16 kHz waveform for the vocoder). Batches are padded with silence
   (log-mel floor, zero samples), so a padded mel and its padded waveform still describe the same sound.
