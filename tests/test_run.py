@@ -208,6 +208,14 @@ def test_resume_with_changed_batch_size_stops_unless_forced(tmp_path):
     assert train(tmp_path, batch_size=8, force=True).step == 12
 
 
+@pytest.mark.parametrize("settings, message", [({"batch_size": 64}, "smaller than one global batch"),
+                                               ({"effective_batch": 6}, "effective_batch=6 is not a multiple")])
+def test_a_batch_that_does_not_fit_the_data_or_the_processes_is_a_user_error(tmp_path, settings, message):
+    """Found only once the run knows its data and world size, past the config checks: still one clear line."""
+    with pytest.raises(UserError, match=message):
+        train(tmp_path, **settings)
+
+
 def test_bf16_autocast_trains(tmp_path):
     run = train(tmp_path, max_steps=6, precision="bf16")
     assert run.step == 6 and run.last_eval["step"] == 6

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from omni.config import to_dict
 from omni.data.resumable import ResumableDataset
-from omni.errors import UserError
+from omni.errors import InvalidInput, UserError
 from omni.training import checkpoint as ckpt
 from omni.training import distributed as dist
 from omni.training import faults, loader, run_dir, train_state
@@ -117,7 +117,7 @@ class Run:
         self.param_names = {id(p): n for n, p in model.named_parameters()}
         steps_per_epoch = math.ceil(train_set.num_batches(self.world_size) / self.accum)
         if steps_per_epoch == 0:
-            raise ValueError(f"the training set ({len(train_set)} samples) is smaller than one global batch "
+            raise InvalidInput(f"the training set ({len(train_set)} samples) is smaller than one global batch "
                              f"({train_set.global_batch(self.world_size)})")
         self.max_steps = self.train.max_steps or self.train.max_epochs * steps_per_epoch
         self.schedulers = {n: warmup_cosine(o, warmup_steps=self.train.warmup_steps, max_steps=self.max_steps,
@@ -141,7 +141,8 @@ class Run:
             self.nonfinite.started(train_state.model_state(self))
         if self.train.grad_checkpointing:
             if not hasattr(model, "set_gradient_checkpointing"):
-                raise ValueError(f"train.grad_checkpointing: {type(model).__name__} has no set_gradient_checkpointing")
+                raise InvalidInput(f"train.grad_checkpointing: {type(model).__name__} has no "
+                                   "set_gradient_checkpointing")
             model.set_gradient_checkpointing(True)
         wrapped = torch.compile(model) if self.train.compile else model
         if self.world_size > 1:

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from omni.errors import InvalidInput
+
 
 def warmup_cosine_factor(step: int, *, warmup_steps: int, max_steps: int, min_ratio: float) -> float:
     """Multiplier of the peak LR at optimizer step `step` (0-based), clamped at max_steps."""
@@ -33,8 +35,8 @@ def accumulation_steps(train, world_size: int) -> int:
         return train.grad_accum_steps
     per_step = train.batch_size * world_size
     if train.effective_batch % per_step:
-        raise ValueError(f"train.effective_batch={train.effective_batch} is not a multiple of batch_size x world_size "
-                         f"= {train.batch_size} x {world_size}")
+        raise InvalidInput(f"train.effective_batch={train.effective_batch} is not a multiple of batch_size x "
+                           f"world_size = {train.batch_size} x {world_size}")
     return train.effective_batch // per_step
 
 
