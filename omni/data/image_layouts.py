@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from omni.data.manifest import DataError, check_fields, read_jsonl_lines, read_text_lines, resolve
+from omni.data.manifest import DataError, check_fields, read_jsonl_lines, read_text_lines, resolve, table_header
 from omni.errors import MissingInput
 
 
@@ -190,16 +190,12 @@ def read_caption_table(path: str | Path, images_dir=None) -> list[dict]:
     naming an image column (IMAGE_COLUMNS) and a caption column (CAPTION_COLUMNS); other columns are ignored."""
     path = Path(path)
     lines = read_text_lines(path)
-    header = next(((d, [c.strip().lower() for c in lines[0].split(d)]) for d in ("|", "\t", ",")
-                   if lines and d in lines[0]), None)
-    columns = header[1] if header else []
-    image_col = next((c for c in IMAGE_COLUMNS if c in columns), None)
-    caption_col = next((c for c in CAPTION_COLUMNS if c in columns), None)
-    if image_col is None or caption_col is None:
+    header = table_header(lines[0], IMAGE_COLUMNS, CAPTION_COLUMNS) if lines else None
+    if header is None:
         raise DataError(f"{path}:1: expected a header with an image column (one of {', '.join(IMAGE_COLUMNS)}) and a "
                         f"caption column (one of {', '.join(CAPTION_COLUMNS)}), comma-, tab- or |-separated; got "
                         f"{(lines[0] if lines else '')[:120]!r}")
-    delimiter = header[0]
+    delimiter, columns, (image_col, caption_col) = header
     i_image, i_caption = columns.index(image_col), columns.index(caption_col)
     records = []
     for line_no, line in enumerate(lines[1:], start=2):

@@ -119,6 +119,22 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# Delimiters a table file (a transcript or caption table) may use, and their names for messages.
+TABLE_DELIMITERS = {",": "comma", "\t": "tab", "|": "pipe"}
+
+
+def table_header(line: str, *wanted: tuple[str, ...]) -> tuple[str, list[str], list[str]] | None:
+    """(delimiter, column names, the first name of each `wanted` group found) when `line`, split by one of
+    TABLE_DELIMITERS (tried in that order), names a column of every `wanted` group; None when no split does (e.g.
+    LJSpeech's headerless `id|text|normalized_text`). Names are stripped and lower-cased."""
+    for delimiter in TABLE_DELIMITERS:
+        columns = [c.strip().lower() for c in line.split(delimiter)]
+        found = [next((c for c in group if c in columns), None) for group in wanted]
+        if None not in found:
+            return delimiter, columns, found
+    return None
+
+
 def resolve(manifest_path: str | Path, relative: str | Path) -> Path:
     """A media path from a manifest, taken relative to the manifest's folder (absolute paths stay as they are)."""
     p = Path(relative)

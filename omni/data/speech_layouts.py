@@ -26,7 +26,15 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from omni.data.manifest import DataError, check_fields, read_jsonl_lines, read_text_lines, resolve
+from omni.data.manifest import (
+    TABLE_DELIMITERS,
+    DataError,
+    check_fields,
+    read_jsonl_lines,
+    read_text_lines,
+    resolve,
+    table_header,
+)
 
 
 def read_asr_manifest(path: str | Path) -> list[dict]:
@@ -86,18 +94,12 @@ def read_ljspeech(root: str | Path) -> list[dict]:
 
 TABLE_AUDIO_COLUMNS = ("file_name", "file", "path", "audio", "filename", "audio_path", "wav")  # first found wins
 TABLE_TEXT_COLUMNS = ("text", "transcription", "transcript", "sentence", "normalized_text")
-TABLE_DELIMITERS = {",": "comma", "\t": "tab", "|": "pipe"}
 COMMON_VOICE_COLUMNS = ("client_id", "path", "sentence")
 
 
-def _table_header(line: str) -> tuple[str, list[str]] | None:
-    """(delimiter, column names) when `line` is a transcript table's header: split by one of TABLE_DELIMITERS it
-    names an audio and a text column. None otherwise (e.g. LJSpeech's headerless `id|text|normalized_text`)."""
-    for delimiter in TABLE_DELIMITERS:
-        columns = [c.strip().lower() for c in line.split(delimiter)]
-        if any(c in columns for c in TABLE_AUDIO_COLUMNS) and any(c in columns for c in TABLE_TEXT_COLUMNS):
-            return delimiter, columns
-    return None
+def _table_header(line: str) -> tuple[str, list[str], list[str]] | None:
+    """A transcript table's header (manifest.table_header): it names an audio and a text column."""
+    return table_header(line, TABLE_AUDIO_COLUMNS, TABLE_TEXT_COLUMNS)
 
 
 def _table_rows(path: Path, lines: list[str], delimiter: str) -> list[tuple[int, list[str]]]:
@@ -135,9 +137,7 @@ def read_transcript_table(path: str | Path) -> list[dict]:
             f"{path}:1: not a transcript table header: expected a comma-, tab- or |-separated header with an audio "
             f"column (one of {', '.join(TABLE_AUDIO_COLUMNS)}) and a text column (one of "
             f"{', '.join(TABLE_TEXT_COLUMNS)}), got {(lines or [''])[0][:120]!r}")
-    delimiter, columns = header
-    audio_col = next(c for c in TABLE_AUDIO_COLUMNS if c in columns)
-    text_col = next(c for c in TABLE_TEXT_COLUMNS if c in columns)
+    delimiter, columns, (audio_col, text_col) = header
     records = []
     for line_no, fields in _table_rows(path, lines, delimiter):
         where = f"{path}:{line_no}"
