@@ -19,8 +19,7 @@ import torch
 from omni.config import load_config_file
 from omni.errors import UserError
 from omni.training import loader
-
-AMP_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+from omni.training.run import AMP_DTYPES
 
 # Stage name (omni.stages.STAGE_CLASSES) -> the final-weights file its script writes into train.save_dir.
 WEIGHTS_FILES = {"text": "thinker.pt", "audio": "audio_enc.pt", "vision": "vision.pt", "ocr": "ocr.pt",
