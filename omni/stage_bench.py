@@ -219,13 +219,14 @@ def _talker(config_dir, device, batch_size, overrides):
     from omni.stages import TalkerStage
 
     path = _cfg_path(config_dir, "talker_tiny.json")
-    t = load_config_file(TalkerStage, path, overrides).talker
+    stage = load_config_file(TalkerStage, path, overrides)
+    t = stage.talker
     built = builders.build_talker(t)
     model = built.model.to(device)
     net = _wrap(model, t.train)
     opt = built.optimizer()
     B, T = batch_size or t.train.batch_size, TALKER_TEXT_TOKENS
-    F = round(SPEECH_MEL_FRAMES / 8)  # code frames of a 2 s clip at 12.5 Hz
+    F = -(-SPEECH_MEL_FRAMES // stage.codec.model.downsample)  # code frames of a 2 s clip (Codec.code_lengths)
     text = torch.randint(8, t.model.text_vocab_size, (B, T), device=device)
     text_lengths = torch.full((B,), T, dtype=torch.long, device=device)
     codes = torch.randint(0, t.model.codebook_size, (B, F, t.model.n_codebooks), device=device)
@@ -283,9 +284,9 @@ def _vocoder(config_dir, device, batch_size, overrides):
 
 def _omni_sft(config_dir, device, batch_size, overrides):
     from omni.audio_encoder import AudioEncoderConfig
-    from omni.omni_model import AUDIO_TOKEN_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, OmniModel
+    from omni.chat import AUDIO_TOKEN_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, SPECIAL_TOKENS
+    from omni.omni_model import OmniModel
     from omni.stages import AudioStage, SftStage, TextStage, VisionStage
-    from omni.tokenizer import SPECIAL_TOKENS
 
     path = _cfg_path(config_dir, "omni_sft_tiny.json")
     cfg = load_config_file(SftStage, path, overrides)
