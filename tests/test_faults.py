@@ -89,6 +89,14 @@ def test_disk_full_inside_torch_save(tmp_path, straight, monkeypatch):
     assert "inline_container.cc" in str(error.__cause__.__cause__)  # it did fail inside torch's writer
 
 
+def test_a_failed_summary_write_is_a_user_error_too(tmp_path):
+    """The last of the final files: its failure names it, like a failed weights or checkpoint write."""
+    (tmp_path / "summary.json").mkdir()  # the rename over it fails, as a full disk or a read-only file would
+    with pytest.raises(UserError, match=r"could not write \S+/summary\.json .*the training checkpoints are intact"):
+        train(tmp_path)
+    assert (tmp_path / "toy.pt").is_file() and not list(tmp_path.glob(".*.tmp"))
+
+
 def test_permission_denied_on_the_save_dir(tmp_path, straight, monkeypatch):
     def read_only():
         tmp_path.chmod(0o500)

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from omni.atomic import atomic_write_text
 from omni.errors import UserError
 from omni.torch_io import save, write_error
 
@@ -45,13 +46,15 @@ def write_json(path: Path, obj) -> None:
 def write_final_files(run_dir: Path, final_weights: dict[str, dict], summary: dict) -> None:
     """A finished run's final weights files (filename -> payload) and summary.json. A failed write is a UserError:
     the training checkpoints are intact, and rerunning the finished run writes these files again."""
-    for filename, payload in final_weights.items():
-        try:
-            save(payload, run_dir / filename)
-        except OSError as e:
-            raise UserError(f"{write_error(run_dir / filename, e)}; the training checkpoints are intact: rerun to "
-                            "write the final weights again") from e
-    write_json(run_dir / "summary.json", summary)
+    try:
+        for filename, payload in final_weights.items():
+            target = run_dir / filename
+            save(payload, target)
+        target = run_dir / "summary.json"  # read by scripts/evaluate.py and the tests: never half a file
+        atomic_write_text(target, json.dumps(summary, indent=2) + "\n")
+    except OSError as e:
+        raise UserError(f"{write_error(target, e)}; the training checkpoints are intact: rerun to write the final "
+                        "weights again") from e
 
 
 def remove_interrupted_writes(run_dir: Path) -> list[str]:
