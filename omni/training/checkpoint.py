@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from omni import torch_io
-from omni.torch_io import CheckpointNotFound, UnreadableCheckpoint, load, write_error  # noqa: F401 (re-exported)
+from omni.torch_io import UnreadableCheckpoint, load, write_error  # noqa: F401 (re-exported)
 from omni.training import faults
 
 # Keys of a training checkpoint.
@@ -70,7 +70,6 @@ def misfit(model: torch.nn.Module, weights: dict, *, partial: bool = False) -> s
     if shapes:
         problems.append(f"{len(shapes)} wrong shape(s): {short_list(shapes, 4)}")
     return "; ".join(problems) or None
-
 
 
 def all_finite(tensors) -> bool:
