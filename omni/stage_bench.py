@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from omni import builders
+from omni.chat import SPECIAL_TOKENS
 from omni.config import load_config_file
 from omni.training.run import AMP_DTYPES
 
@@ -168,7 +169,7 @@ def _vision(config_dir, device, batch_size, overrides):
     opt = built.optimizer()
     B, S, L = batch_size or cfg.train.batch_size, cfg.model.vision.image_size, cfg.data.max_text_length
     images = torch.randn(B, 3, S, S, device=device)
-    ids = torch.randint(8, cfg.model.text.vocab_size, (B, L), device=device)
+    ids = torch.randint(len(SPECIAL_TOKENS), cfg.model.text.vocab_size, (B, L), device=device)
     mask = torch.ones(B, L, dtype=torch.bool, device=device)
     step = _train_step(model, [opt], device, cfg.train.precision, lambda: net(images, ids, text_mask=mask)[1])
     return StageStep("C", "ViT contrastive", path, model, B, step, cfg.train.precision,
@@ -227,7 +228,7 @@ def _talker(config_dir, device, batch_size, overrides):
     opt = built.optimizer()
     B, T = batch_size or t.train.batch_size, TALKER_TEXT_TOKENS
     F = -(-SPEECH_MEL_FRAMES // stage.codec.model.downsample)  # code frames of a 2 s clip (Codec.code_lengths)
-    text = torch.randint(8, t.model.text_vocab_size, (B, T), device=device)
+    text = torch.randint(len(SPECIAL_TOKENS), t.model.text_vocab_size, (B, T), device=device)
     text_lengths = torch.full((B,), T, dtype=torch.long, device=device)
     codes = torch.randint(0, t.model.codebook_size, (B, F, t.model.n_codebooks), device=device)
     code_lengths = torch.full((B,), F, dtype=torch.long, device=device)
@@ -284,7 +285,7 @@ def _vocoder(config_dir, device, batch_size, overrides):
 
 def _omni_sft(config_dir, device, batch_size, overrides):
     from omni.audio_encoder import AudioEncoderConfig
-    from omni.chat import AUDIO_TOKEN_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, SPECIAL_TOKENS
+    from omni.chat import AUDIO_TOKEN_ID, IGNORE_INDEX, IMAGE_TOKEN_ID
     from omni.omni_model import OmniModel
     from omni.stages import AudioStage, SftStage, TextStage, VisionStage
 
