@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
 import platform
@@ -50,22 +49,13 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))  # the sibling scripts whose logic is reused rather than copied
+
+import bench  # noqa: E402
+import measure_memory  # noqa: E402
 
 from omni.stage_bench import STAGES, build_stage  # noqa: E402
 
-
-def _script(name: str):
-    """Import scripts/<name>.py as a module, so its logic is reused rather than copied."""
-    spec = importlib.util.spec_from_file_location(f"_omni_script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-measure_memory = _script("measure_memory")
-bench = _script("bench")
-
-# Dry mode (CPU): shapes shrunk where one CPU step at batch 1 would take many seconds (as tests/test_bench.py).
 # Dry mode (CPU): fp32 everywhere (CPU low-precision kernels are slow and not what a GPU runs) and shapes shrunk
 # where one CPU step at batch 1 would take seconds (the vocoder's discriminators, 224 px images, 1024 px OCR lines).
 DRY_STAGE_OVERRIDES = {

@@ -1,6 +1,8 @@
 """Shared fixtures: fixed seeds for every test, a small text corpus and tokenizer trained once per session."""
 
+import importlib.util
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,15 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 # Tests use tiny tensors: one intra-op thread avoids thread start-up and contention costs that dominate them.
 torch.set_num_threads(1)
+
+
+def load_script(name: str):
+    """Import scripts/<name>.py (a folder of scripts, not a package) as a module, to test its functions in-process."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being created
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

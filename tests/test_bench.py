@@ -2,7 +2,6 @@
 bench.py / measure_memory.py run end to end on CPU. Correctness only: speed is measured by `make bench`, never
 asserted here."""
 
-import importlib.util
 import json
 
 import pytest
@@ -10,18 +9,10 @@ import torch
 
 from omni.data.resumable import ResumableDataset
 from omni.stage_bench import STAGES, build_stage
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _script("bench")
-measure_memory = _script("measure_memory")
+bench = load_script("bench")
+measure_memory = load_script("measure_memory")
 
 
 @pytest.mark.parametrize("bucket_batches", [0, 8])

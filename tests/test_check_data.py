@@ -1,17 +1,14 @@
 """scripts/check_data.py: exit 0 on small good data of several stages, 1 naming the bad samples (through the stage's
 own source, so with the reason training would log) when a manifest has more than train.max_bad_fraction of them."""
 
-import importlib.util
 import json
 
 from omni.data.manifest import write_jsonl
 from tests import test_sft_omni, test_train_audio_enc, test_train_ocr
-from tests.conftest import REPO
+from tests.conftest import load_script
 from tests.stage_data import sft_standins
 
-spec = importlib.util.spec_from_file_location("check_data_script", REPO / "scripts" / "check_data.py")
-check_data = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(check_data)
+check_data = load_script("check_data")
 
 
 def config(tmp_path, tiny, name) -> str:

@@ -1,7 +1,6 @@
 """scripts/calculate_model_size.py (meta-device counts equal real models; every shipped config reports a size) and
 scripts/update_configs_from_data.py (counts a tiny dataset; --dry-run writes nothing; a real run loads strictly)."""
 
-import importlib.util
 import json
 import math
 import re
@@ -19,16 +18,7 @@ from omni.omni_model import OmniModel
 from omni.stages import STAGE_CLASSES, STAGE_OF_PREFIX, AudioStage, SftStage, TextStage, detect_stage
 from omni.thinker import Thinker
 from omni.tokenizer import AUDIO, IM_END, IM_START, IMAGE, SPECIAL_TOKENS, Tokenizer, train_tokenizer
-from tests.conftest import REPO
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up while being created
-    spec.loader.exec_module(module)
-    return module
-
+from tests.conftest import REPO, load_script
 
 sizes = load_script("calculate_model_size")
 ALL_CONFIGS = sorted((REPO / "configs").rglob("*.json"))

@@ -2,7 +2,6 @@
 from its final weights gives the metrics of its summary.json (the same evaluation code), on another held-out set too,
 without touching the run dir; the Talker's TTS->ASR CER is `python -m omni.speech`'s."""
 
-import importlib.util
 import json
 import subprocess
 
@@ -16,12 +15,10 @@ from tests import (
     test_train_text,
     test_train_vocoder,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 from tests.stage_data import asr_speech, sft_standins
 
-spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
-evaluate = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(evaluate)
+evaluate = load_script("evaluate")
 
 SHORT = ("train.max_steps=2", "train.val_freq=2", "train.checkpoint_freq=2", "train.log_freq=1")
 
