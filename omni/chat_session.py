@@ -8,7 +8,8 @@ build prompts, generate or speak differently.
 
 Design choices
 - The model is the Stage-E (SFT) Thinker with its projectors: omni_final.pt laid over the stage weights it names
-  (each part built once by omni.components.load_stage_model), or the merged export (omni.load_exported).
+  (load_sft_model: each part built once by omni.components.load_stage_model; scripts/evaluate.py scores Stage E
+  with it too), or the merged export (omni.load_exported).
 - Prompts are built as SFT built them: `ChatEncoder.encode_prompt` with "<image> " / "<audio> " (and the OCR
   reading, `Text in the image: "..."`) before the FIRST user turn; `messages` are passed as typed and the session
   adds that prefix, so a conversation's media belong to the whole conversation. Images go through
@@ -32,7 +33,7 @@ import torch
 import omni
 from omni.audio import LogMel, load_audio
 from omni.chat import ChatEncoder, media_prefix
-from omni.components import load_stage_model, read_sft
+from omni.components import SftWeights, load_stage_model, read_sft
 from omni.config import from_dict
 from omni.ctc import CharVocab, ctc_transcripts
 from omni.data.images import image_to_tensor, line_to_tensor, load_image
@@ -55,6 +56,26 @@ class Media:
     mel_lengths: torch.Tensor | None = None  # (1,)
     prefix: str = ""
     ocr_text: str | None = None
+
+
+def load_sft_model(sft: SftWeights, stage: dict, device: torch.device | str = "cpu"):
+    """Stage E's OmniModel: each part built once from the stage file `stage` names for it (component -> file), the
+    projectors (born in Stage E) and any trained stage parameters laid over them from omni_final.pt (`sft`).
+    Returns (model, the Stage-B CTC model whose encoder it uses or None, that model's StageWeights or None)."""
+    thinker, _ = load_stage_model(stage["thinker"], "thinker", device)
+    asr_model = asr_weights = vit = None
+    if stage.get("audio_encoder"):
+        asr_model, asr_weights = load_stage_model(stage["audio_encoder"], "audio_encoder", device)
+    if stage.get("vision_encoder"):
+        vit, _ = load_stage_model(stage["vision_encoder"], "vision_encoder", device)
+    model = OmniModel(from_dict(OmniConfig, sft.config.get("omni", {}), where=f"{sft.source} 'config.omni'"),
+                      thinker=thinker, audio_encoder=asr_model and asr_model.encoder, vision_encoder=vit)
+    model.to(device)
+    missing, unexpected = model.load_state_dict(sft.state, strict=False)
+    if unexpected or any("_projector." in k for k in missing):
+        raise InvalidInput(f"{sft.source} does not fit the model built from its stage weights {stage}: unexpected "
+                           f"{unexpected[:5]}, missing {[k for k in missing if '_projector.' in k][:5]}")
+    return model, asr_model, asr_weights
 
 
 class ChatSession:
@@ -140,20 +161,7 @@ class ChatSession:
             if (stage.get(name) is None) != (name not in sft.config):
                 raise InvalidInput(f"{sft_file} was trained {'with' if name in sft.config else 'without'} a {name}; "
                                    f"{'pass its checkpoint' if name in sft.config else 'drop its checkpoint'}")
-        # Each part built once from its stage file; the projectors (born in Stage E) come from omni_final.pt below.
-        thinker, _ = load_stage_model(stage["thinker"], "thinker", device)
-        asr_model = vit = None
-        if stage.get("audio_encoder"):
-            asr_model, asr_weights = load_stage_model(stage["audio_encoder"], "audio_encoder", device)
-        if stage.get("vision_encoder"):
-            vit, _ = load_stage_model(stage["vision_encoder"], "vision_encoder", device)
-        model = OmniModel(from_dict(OmniConfig, sft.config.get("omni", {}), where=f"{sft_file} 'config.omni'"),
-                          thinker=thinker, audio_encoder=asr_model and asr_model.encoder, vision_encoder=vit)
-        model.to(device)
-        missing, unexpected = model.load_state_dict(sft.state, strict=False)
-        if unexpected or any("_projector." in k for k in missing):
-            raise InvalidInput(f"{sft_file} does not fit the model built from its stage weights: unexpected "
-                               f"{unexpected[:5]}, missing {[k for k in missing if '_projector.' in k][:5]}")
+        model, asr_model, asr_weights = load_sft_model(sft, stage, device)
         tokenizer = Tokenizer.load(sft.tokenizer)
         ocr = ocr_vocab = ocr_max_width = synth = asr = None
         if ocr_ckpt:

@@ -137,23 +137,16 @@ def vision(cfg, path: Path, log):
 
 
 def sft(cfg, path: Path, log):
-    from omni.components import load_stage_model, read_sft
+    from omni.chat_session import load_sft_model
+    from omni.components import read_sft
     from omni.data.resumable import require_usable
     from omni.data.sft import SftSource, read_sft_manifest
-    from omni.omni_model import OmniConfig, OmniModel
     from omni.tokenizer import Tokenizer
 
     saved = read_sft(path)
-    stage = saved.stage_weights  # the stage files it was trained on; the projectors come from omni_final.pt
-    thinker, _ = load_stage_model(stage["thinker"], "thinker")
-    asr = load_stage_model(stage["audio_encoder"], "audio_encoder")[0] if stage.get("audio_encoder") else None
-    vit = load_stage_model(stage["vision_encoder"], "vision_encoder")[0] if stage.get("vision_encoder") else None
-    model = OmniModel(from_dict(OmniConfig, saved.config.get("omni", {}), where=f"{path} 'config.omni'"),
-                      thinker=thinker, audio_encoder=asr and asr.encoder, vision_encoder=vit)
-    missing, unexpected = model.load_state_dict(saved.state, strict=False)
-    if unexpected or any("_projector." in k for k in missing):
-        raise UserError(f"{path} does not fit the model built from its stage weights {stage}: unexpected "
-                        f"{unexpected[:5]}, missing {[k for k in missing if '_projector.' in k][:5]}")
+    # The stage files it was trained on; the projectors come from omni_final.pt (built as the chat builds it).
+    model, asr, _ = load_sft_model(saved, saved.stage_weights)
+    vit = model.vision_encoder
     tokenizer = Tokenizer.load(cfg.data.tokenizer or saved.tokenizer)
     source = SftSource(read_sft_manifest(cfg.data.val_manifest, log=log), tokenizer=tokenizer,
                        max_length=cfg.data.max_length, image_size=vit and vit.cfg.image_size,
