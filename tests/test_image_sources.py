@@ -301,10 +301,17 @@ def test_download_coco_from_a_file_mirror(tmp_path, coco):
 # ---------------------------------------------------------------------------------------------- stage steps
 
 
-def run_stage(cmd):
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+def train_three_steps(script, tiny, tmp_path, save, sets, *, weights):
+    """Run `script` with the `tiny` config (written to tmp_path/tiny.json) for 3 steps, evaluating and checkpointing
+    at step 3, with `--set *sets` (which put the run in `save`); assert it finished with its `weights` file written,
+    and return its training.log."""
+    config = {**tiny, "train": {**tiny["train"], "max_steps": 3, "val_freq": 3, "checkpoint_freq": 3}}
+    (tmp_path / "tiny.json").write_text(json.dumps(config))
+    result = subprocess.run([sys.executable, script, "--config", str(tmp_path / "tiny.json"), "--set", *sets],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    assert json.loads((save / "summary.json").read_text())["step"] == 3 and (save / weights).is_file()
+    return (save / "training.log").read_text()
 
 
 def test_train_vision_on_coco(tmp_path, coco, text_corpus):
@@ -312,16 +319,12 @@ def test_train_vision_on_coco(tmp_path, coco, text_corpus):
 
     (tmp_path / "thinker").mkdir()
     stage_a = stage_a_standin(tmp_path / "thinker", text_corpus)
-    config = {**TINY, "train": {**TINY["train"], "max_steps": 3, "val_freq": 3, "checkpoint_freq": 3}}
-    (tmp_path / "tiny.json").write_text(json.dumps(config))
     train_json, val_json = coco
     save = tmp_path / "run"
     sets = [f"train.save_dir={save}", f"data.train_manifest={train_json}", f"data.val_manifest={val_json}",
             f"data.tokenizer={stage_a / 'tokenizer.model'}"]
-    run_stage([sys.executable, "train_vision.py", "--config", str(tmp_path / "tiny.json"), "--set", *sets])
-    log = (save / "training.log").read_text()
+    log = train_three_steps("train_vision.py", TINY, tmp_path, save, sets, weights="vision.pt")
     assert f"data.train_manifest: COCO captions {train_json}, 24 records of 24 images" in log
-    assert json.loads((save / "summary.json").read_text())["step"] == 3 and (save / "vision.pt").is_file()
     done = evaluate_like_the_run(save, tmp_path / "tiny.json", sets, "i2t_r1", tmp_path / "eval.json")
     assert f"data.val_manifest: COCO captions {val_json}, 8 records of 8 images" in done.stderr
 
@@ -336,13 +339,9 @@ def test_train_ocr_on(layout, tmp_path, mjsynth, text_corpus):
         script("make_ocr_lines").write_ocr_lines(text_corpus / "train.txt", tmp_path / "lines", n_train=24, n_val=6,
                                                  height=32, max_chars=12, seed=0, fonts=[FONT])
         train, val, n = tmp_path / "lines" / "train.jsonl", tmp_path / "lines" / "val.jsonl", 24
-    config = {**TINY, "train": {**TINY["train"], "max_steps": 3, "val_freq": 3, "checkpoint_freq": 3}}
-    (tmp_path / "tiny.json").write_text(json.dumps(config))
     save = tmp_path / "run"
     sets = [f"train.save_dir={save}", f"data.train_manifest={train}", f"data.val_manifest={val}"]
-    run_stage([sys.executable, "train_ocr.py", "--config", str(tmp_path / "tiny.json"), "--set", *sets])
-    log = (save / "training.log").read_text()
+    log = train_three_steps("train_ocr.py", TINY, tmp_path, save, sets, weights="ocr.pt")
     assert f"data.train_manifest: {'JSONL manifest' if 'corpus' in layout else layout} {train}, {n} lines" in log
-    assert json.loads((save / "summary.json").read_text())["step"] == 3 and (save / "ocr.pt").is_file()
     done = evaluate_like_the_run(save, tmp_path / "tiny.json", sets, "val_cer", tmp_path / "eval.json")
     assert f"data.val_manifest: {'JSONL manifest' if 'corpus' in layout else layout} {val}" in done.stderr
