@@ -19,7 +19,11 @@ def load_script(name: str):
     spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up while being created
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(REPO / "scripts"))  # some import a sibling (download_coco -> download_util)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
     return module
 
 

@@ -1,20 +1,16 @@
 """scripts/demo.py's scheduler: steps start only after what they need, run side by side, and a failure stops the
 launch of new steps without killing the running ones."""
 
-import importlib.util
 import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import load_script
 
 
 @pytest.fixture
 def demo(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("demo", REPO / "scripts" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "demo", module)  # dataclasses look their module up while it is executed
-    spec.loader.exec_module(module)
+    module = load_script("demo")
     monkeypatch.setattr(module, "LOGS", tmp_path / "logs")
     return module
 

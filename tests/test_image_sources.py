@@ -5,7 +5,6 @@ file:line and skipped as bad samples; scripts/download_coco.py against a file://
 on corpus words; a few steps of train_vision.py on COCO and of train_ocr.py on MJSynth + rendered corpus lines, each
 run then scored by scripts/evaluate.py on its val set in that layout (COCO annotations JSON, annotation_val.txt)."""
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -21,22 +20,11 @@ from omni.data.manifest import DataError
 from omni.data.resumable import BadSample
 from omni.errors import MissingInput
 from omni.synthetic.images import write_image_dataset
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 from tests.stage_data import stage_a_standin
 from tests.test_text_sources import evaluate_like_the_run
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
-
-
-def script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(REPO / "scripts"))  # download_coco imports download_util as a sibling
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +174,7 @@ def test_image_folder_with_captions_csv_and_jsonl(tmp_path, shapes):
 
 
 def render_words(out_dir, words, height=32):
-    ocr = script("make_ocr_lines")
+    ocr = load_script("make_ocr_lines")
     import random
 
     import numpy as np
@@ -245,7 +233,7 @@ def test_generic_labels_file_and_bad_rows(tmp_path):
 
 
 def test_make_ocr_lines_renders_corpus_words(tmp_path, text_corpus):
-    ocr = script("make_ocr_lines")
+    ocr = load_script("make_ocr_lines")
     stats = ocr.write_ocr_lines(text_corpus / "train.txt", tmp_path, n_train=12, n_val=4, height=32, max_chars=16,
                                 seed=1, fonts=[FONT, FONT.replace("Sans.ttf", "Serif.ttf")])
     assert stats["train"] == 12 and stats["val"] == 4 and stats["fonts"] == 2
@@ -264,7 +252,7 @@ def test_make_ocr_lines_renders_corpus_words(tmp_path, text_corpus):
 
 
 def test_drawable_drops_characters_the_fonts_lack():
-    ocr = script("make_ocr_lines")
+    ocr = load_script("make_ocr_lines")
     assert ocr.drawable([FONT], set("aZ9é漢\u200b")) == set("aZ9é")
 
 
@@ -284,7 +272,7 @@ def test_download_coco_from_a_file_mirror(tmp_path, coco):
     with zipfile.ZipFile(mirror / "zips" / "val2017.zip", "w") as zf:
         for f in sorted((val_json.parent.parent / "val2017").iterdir()):
             zf.write(f, f"val2017/{f.name}")
-    download_coco = script("download_coco")
+    download_coco = load_script("download_coco")
     out = tmp_path / "data"
     download_coco.main(["--out", str(out), "--val", "3", "--mirror", mirror.as_uri()])
     coco_dir = out / "coco"
@@ -336,8 +324,8 @@ def test_train_ocr_on(layout, tmp_path, mjsynth, text_corpus):
     if layout == "MJSynth annotations":
         train, val, n = mjsynth / "annotation_train.txt", mjsynth / "annotation_val.txt", 40
     else:
-        script("make_ocr_lines").write_ocr_lines(text_corpus / "train.txt", tmp_path / "lines", n_train=24, n_val=6,
-                                                 height=32, max_chars=12, seed=0, fonts=[FONT])
+        load_script("make_ocr_lines").write_ocr_lines(text_corpus / "train.txt", tmp_path / "lines", n_train=24,
+                                                      n_val=6, height=32, max_chars=12, seed=0, fonts=[FONT])
         train, val, n = tmp_path / "lines" / "train.jsonl", tmp_path / "lines" / "val.jsonl", 24
     save = tmp_path / "run"
     sets = [f"train.save_dir={save}", f"data.train_manifest={train}", f"data.val_manifest={val}"]

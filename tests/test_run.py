@@ -276,16 +276,13 @@ def test_sigterm_finishes_the_step_checkpoints_and_stops_the_loop(tmp_path):
 
 
 def test_plot_metrics_draws_the_run(tmp_path):
-    import importlib.util
 
     from PIL import Image
 
-    from tests.conftest import REPO
+    from tests.conftest import load_script
 
     train(tmp_path, max_steps=6)
-    spec = importlib.util.spec_from_file_location("plot_metrics", REPO / "scripts" / "plot_metrics.py")
-    plot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot)
+    plot = load_script("plot_metrics")
     plot.main([str(tmp_path / "metrics.jsonl"), "--out", str(tmp_path / "curves.png")])
     image = Image.open(tmp_path / "curves.png")
     assert image.size[0] > 0 and len(set(image.get_flattened_data())) > 2  # something besides white and black was drawn

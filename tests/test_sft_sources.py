@@ -3,7 +3,6 @@ format) read and detected per file, and scripts/make_sft_from_data.py building a
 caption set, speech, OCR lines and a text corpus, which sft_omni.py trains on with an evaluation per task; then
 scripts/evaluate.py scores that run on the same val set as a LLaMA-Factory JSON file."""
 
-import importlib.util
 import json
 import subprocess
 
@@ -16,14 +15,12 @@ from omni.synthetic.images import write_image_dataset
 from omni.synthetic.ocr_lines import write_ocr_dataset
 from omni.tokenizer import Tokenizer
 from tests import test_sft_omni
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 from tests.stage_data import sft_standins
 from tests.test_text_sources import evaluate_like_the_run
 from tests.test_train_audio_enc import write_tone_dataset
 
-spec = importlib.util.spec_from_file_location("make_sft_from_data", REPO / "scripts" / "make_sft_from_data.py")
-make_sft = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(make_sft)
+make_sft = load_script("make_sft_from_data")
 
 
 @pytest.fixture(scope="module")
