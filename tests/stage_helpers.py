@@ -13,6 +13,13 @@ from tests.conftest import REPO
 FAULTS = ("step@3", "checkpoint@2")
 
 
+def run_ok(cmd) -> subprocess.CompletedProcess:
+    """Run a stage command from the repo root; it must exit 0 (the end of its stderr is the failure message)."""
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def newest_step(save_dir) -> int:
     """Step of the newest `<name>_step_<N>.pt` in save_dir (-1 when there is none)."""
     steps = [int(p.stem.rsplit("_", 1)[1]) for p in save_dir.glob("*_step_*.pt")]

@@ -13,6 +13,7 @@ from omni.thinker import Thinker, ThinkerConfig
 from omni.vision_encoder import VisionConfig, VisionEncoder
 from tests.conftest import REPO
 from tests.stage_data import sft_standins
+from tests.stage_helpers import run_ok
 
 NEW_ROWS = [4, 5, 6, 7]
 TINY = {
@@ -39,11 +40,6 @@ def command(tmp_path, stages, save_dir, *extra, config=TINY):
             f"vision_ckpt={root / 'vision.pt'}", f"data.train_manifest={sft / 'train.jsonl'}",
             f"data.val_manifest={sft / 'val.jsonl'}", *extra]
 
-
-def run_ok(cmd):
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="module")

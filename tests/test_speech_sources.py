@@ -9,7 +9,6 @@ tests/test_train_audio_enc.py (alignable transcripts, so Stage B really trains o
 
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from omni.data.speech_layouts import load_asr_records, speech_layout
 from omni.data.tts import SpeechClips, build_code_cache
 from omni.stages import AudioStage
 from tests.conftest import REPO
+from tests.stage_helpers import run_ok
 from tests.test_text_sources import evaluate_like_the_run
 from tests.test_train_audio_enc import TINY as AUDIO_TINY
 from tests.test_train_audio_enc import write_tone_dataset
@@ -255,11 +255,6 @@ def test_talker_code_cache_over_mixed_sources_and_their_durations(cv, folder, tm
     codes = TalkerCodes(build_code_cache(records, **kwargs))
     assert log[-1].startswith("encoding 8 utterances") and "truncated" in codes.bad[-1]
 
-
-def run_ok(cmd):
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def test_train_audio_enc_on_common_voice(tmp_path, cv):

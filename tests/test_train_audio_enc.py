@@ -19,7 +19,7 @@ from omni.data.manifest import write_jsonl
 from omni.synthetic.speech import split_sentences
 from tests.conftest import REPO
 from tests.stage_data import asr_speech
-from tests.stage_helpers import kill_and_rerun_until_done
+from tests.stage_helpers import kill_and_rerun_until_done, run_ok
 
 TINY = {
     "model": {"encoder": {"n_mels": 16, "d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "d_ff": 64,
@@ -65,11 +65,6 @@ def command(tmp_path, data, save_dir, *extra, config=TINY):
             f"train.save_dir={save_dir}", f"data.train_manifest={data / 'train.jsonl'}",
             f"data.val_manifest={data / 'val.jsonl'}", *extra]
 
-
-def run_ok(cmd) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def test_trains_writes_exportable_weights_and_rerun_resumes(tmp_path, speech):

@@ -14,7 +14,7 @@ from omni.ocr import OcrConfig, OcrModel
 from omni.stages import OcrStage
 from omni.synthetic.ocr_lines import write_ocr_dataset
 from tests.conftest import REPO
-from tests.stage_helpers import kill_and_rerun_until_done
+from tests.stage_helpers import kill_and_rerun_until_done, run_ok
 
 TINY = {
     "model": {"height": 32, "conv_channels": 8, "d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1,
@@ -38,11 +38,6 @@ def command(tmp_path, lines, save_dir, *extra):
     return [sys.executable, str(REPO / "train_ocr.py"), "--config", str(path), "--set", f"train.save_dir={save_dir}",
             f"data.train_manifest={lines / 'train.jsonl'}", f"data.val_manifest={lines / 'val.jsonl'}", *extra]
 
-
-def run_ok(cmd) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def final(save_dir) -> dict:

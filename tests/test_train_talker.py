@@ -20,7 +20,7 @@ from omni.speech import SpeechSynthesizer
 from omni.synthetic.speech import split_sentences, write_speech_dataset
 from omni.tokenizer import train_tokenizer
 from tests.conftest import REPO
-from tests.stage_helpers import kill_and_rerun_until_done
+from tests.stage_helpers import kill_and_rerun_until_done, run_ok
 
 
 def speech_dataset(out, *, n_train, n_val):
@@ -75,11 +75,6 @@ def command(tmp_path, config, *extra):
     path.write_text(json.dumps(config))
     return [sys.executable, str(REPO / "train_talker.py"), "--config", str(path), *(("--set", *extra) if extra else ())]
 
-
-def run_ok(cmd) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def state(path):

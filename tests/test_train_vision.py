@@ -16,7 +16,7 @@ from omni.synthetic.images import write_image_dataset
 from omni.thinker import Thinker, ThinkerConfig
 from tests.conftest import REPO
 from tests.stage_data import stage_a_standin
-from tests.stage_helpers import kill_and_rerun_until_done
+from tests.stage_helpers import kill_and_rerun_until_done, run_ok
 
 TINY = {
     "model": {"vision": {"image_size": 16, "patch_size": 8, "d_model": 32, "n_layers": 1, "n_heads": 2,
@@ -51,11 +51,6 @@ def command(tmp_path, images, stage_a, save_dir, *extra, config=TINY):
             f"data.val_manifest={images / 'val.jsonl'}", f"data.tokenizer={stage_a / 'tokenizer.model'}",
             f"data.thinker_ckpt={stage_a / 'thinker.pt'}", *extra]
 
-
-def run_ok(cmd) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def final(save_dir) -> dict:

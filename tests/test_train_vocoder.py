@@ -15,7 +15,7 @@ from omni.components import read_stage_weights
 from omni.data.tts import random_segments
 from omni.vocoder import Generator, VocoderConfig
 from tests.conftest import REPO
-from tests.stage_helpers import kill_and_rerun_until_done
+from tests.stage_helpers import kill_and_rerun_until_done, run_ok
 from tests.test_train_talker import speech_dataset
 
 MODEL = {"n_mels": 16, "upsample_rates": [8, 5, 4], "upsample_kernel_sizes": [16, 10, 8],
@@ -50,11 +50,6 @@ def test_fp16_on_the_cpu_is_one_clear_error(tmp_path, speech):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "error: train.precision=fp16 needs a CUDA device" in result.stderr
 
-
-def run_ok(cmd) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def test_random_segments_keep_mel_and_waveform_aligned_and_follow_the_global_rng():
