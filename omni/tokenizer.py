@@ -146,7 +146,7 @@ class Tokenizer:
             found = self._sp.id_to_piece(i) if i < self.vocab_size else None
             if found != piece:
                 raise InvalidInput(f"{self.model_path}: expected special token {piece!r} at id {i}, found {found!r}; "
-                                 "train the tokenizer with omni.tokenizer.train_tokenizer")
+                                   "train the tokenizer with omni.tokenizer.train_tokenizer")
         self.newline_id = self._sp.piece_to_id(_NEWLINE_PIECE)
         if not self._sp.is_byte(self.newline_id):
             raise InvalidInput(f"{self.model_path}: no byte piece {_NEWLINE_PIECE} (the model lacks byte_fallback)")
@@ -158,7 +158,7 @@ class Tokenizer:
         model_path = path / TOKENIZER_FILE if path.is_dir() else path
         if not model_path.is_file():
             raise MissingInput(f"no tokenizer at {path} (expected a {TOKENIZER_FILE} file or a directory "
-                                    "containing one)")
+                               "containing one)")
         return cls(model_path)
 
     def save(self, out_dir: str | Path) -> Path:
