@@ -106,14 +106,19 @@ class SpeechSynthesizer:
         return max(1, min(self.talker.cfg.max_frames, cap))
 
     @torch.no_grad()
-    def mel(self, text: str) -> torch.Tensor:
-        """The log-mel (T, F) the Talker and codec make for `text` (T = 8 x generated code frames; may be 0)."""
+    def codes(self, text: str) -> torch.Tensor:
+        """The Talker's codes (F, K) for `text` (F may be 0)."""
         ids = torch.tensor([talker_text_ids(self.tokenizer, text)], device=self.device)
         codes, lengths = self.talker.generate(ids, max_frames=self.max_frames(text), temperature=self.temperature)
-        n = int(lengths[0])
-        if n == 0:
+        return codes[0, : int(lengths[0])]
+
+    @torch.no_grad()
+    def mel(self, text: str) -> torch.Tensor:
+        """The log-mel (T, F) the Talker and codec make for `text` (T = downsample x code frames; may be 0)."""
+        codes = self.codes(text)
+        if codes.shape[0] == 0:
             return torch.zeros(0, self.codec.cfg.n_mels, device=self.device)
-        return self.codec.decode(codes[:, :n])[0]
+        return self.codec.decode(codes[None])[0]
 
     @torch.no_grad()
     def synthesize(self, text: str) -> torch.Tensor:
