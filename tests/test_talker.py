@@ -1,132 +1,168 @@
-"""Tests for the Talker: shapes, targets and loss masking, causality, padding, KV cache, learning to stop."""
+"""Tests for the non-autoregressive, duration-guided Talker: shapes and loss masking, padding, the length regulator,
+duration prediction (cap, zero frames, pace), overfitting two utterances, determinism."""
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from omni.talker import IGNORE_INDEX, Talker, TalkerConfig, code_accuracy, talker_targets
+from omni.alignment import N_CHAR_IDS
+from omni.talker import Talker, TalkerConfig, code_accuracy, regulate_lengths
 
 TEXT_V, V, K = 50, 16, 2
 
 
-
-def make_talker(seed=0, **overrides) -> Talker:
+def make_talker(seed=0, frames_per_unit=None, **overrides) -> Talker:
+    """A small Talker in eval mode; frames_per_unit sets the duration head's bias so that every unit is predicted
+    about that many frames (a fresh model predicts ~0: no speech to compare)."""
     torch.manual_seed(seed)
-    sizes = {"d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "d_ff": 64, "max_text_len": 16}
-    sizes["max_frames"] = 12
-    cfg = TalkerConfig(text_vocab_size=TEXT_V, n_codebooks=K, codebook_size=V, **{**sizes, **overrides})
-    return Talker(cfg).eval()
+    sizes = {"d_model": 32, "n_layers": 2, "n_decoder_layers": 2, "n_heads": 2, "n_kv_heads": 1, "d_ff": 64,
+             "max_text_len": 16, "max_frames": 24, "max_unit_frames": 4}
+    model = Talker(TalkerConfig(text_vocab_size=TEXT_V, n_codebooks=K, codebook_size=V, **{**sizes, **overrides}))
+    if frames_per_unit is not None:
+        with torch.no_grad():
+            model.duration.out.bias.fill_(math.log1p(frames_per_unit))
+    return model.eval()
 
 
 def batch(seed=1):
+    """Two utterances: 5 units / 7 frames and 3 units / 4 frames (zero-frame units in both), right-padded."""
     g = torch.Generator().manual_seed(seed)
-    text = torch.randint(4, TEXT_V, (2, 5), generator=g)
-    codes = torch.randint(0, V, (2, 6, K), generator=g)
-    return text, torch.tensor([5, 3]), codes, torch.tensor([6, 4])
+    chars = torch.randint(0, N_CHAR_IDS, (2, 5), generator=g)
+    tokens = torch.randint(4, TEXT_V, (2, 5), generator=g)
+    durations = torch.tensor([[1, 2, 0, 3, 1], [2, 0, 2, 0, 0]])
+    codes = torch.randint(0, V, (2, 7, K), generator=g)
+    return chars, tokens, torch.tensor([5, 3]), durations, codes, torch.tensor([7, 4])
 
 
-def test_targets_put_end_after_the_last_frame_and_ignore_padding():
-    codes = torch.arange(12).view(2, 3, 2)
-    targets = talker_targets(codes, torch.tensor([3, 1]), codebook_size=V)
-    assert targets.shape == (2, 4, 2)
-    assert targets[0, :3].tolist() == codes[0].tolist() and targets[0, 3].tolist() == [V, V]
-    assert targets[1, 0].tolist() == codes[1, 0].tolist() and targets[1, 1].tolist() == [V, V]
-    assert (targets[1, 2:] == IGNORE_INDEX).all()
-
-
-def test_shapes_and_loss_is_cross_entropy_over_speech_targets_only():
+def test_shapes_and_loss_cover_valid_frames_and_units_only():
     model = make_talker()
-    text, text_lengths, codes, code_lengths = batch()
-    logits, loss = model(text, text_lengths, codes, code_lengths)
-    assert logits.shape == (2, 7, K, V + 1)
-    targets = talker_targets(codes, code_lengths, V)
-    keep = targets != IGNORE_INDEX
-    assert keep.sum() == (6 + 1 + 4 + 1) * K
-    assert torch.allclose(loss, F.cross_entropy(logits[keep], targets[keep]))
-    correct, counted = code_accuracy(logits, targets)
-    assert counted == keep.sum() and 0 <= correct <= counted
-    # Padding (codes past the length, text past text_lengths) changes neither the loss nor the real logits.
-    codes2, text2 = codes.clone(), text.clone()
+    chars, tokens, unit_lengths, durations, codes, code_lengths = batch()
+    out = model(chars, tokens, unit_lengths, durations, codes, code_lengths)
+    assert out.logits.shape == (2, 7, K, V) and out.log_durations.shape == (2, 5)
+    valid = torch.arange(7)[None] < code_lengths[:, None]
+    assert torch.allclose(out.code_loss, F.cross_entropy(out.logits[valid].flatten(0, 1), codes[valid].flatten()))
+    units = torch.arange(5)[None] < unit_lengths[:, None]
+    mse = ((out.log_durations - torch.log1p(durations.float())) ** 2)[units].mean()
+    assert torch.allclose(out.duration_loss, mse)
+    assert torch.allclose(out.loss, out.code_loss + mse)
+    correct, counted = code_accuracy(out.logits, codes, code_lengths)
+    assert counted == 7 + 4 and correct.shape == (K,) and (correct <= counted).all()
+    # Padding (codes past the length, units past unit_lengths) changes neither the losses nor the real outputs.
+    codes2, chars2, tokens2 = codes.clone(), chars.clone(), tokens.clone()
     codes2[1, 4:] = (codes2[1, 4:] + 3) % V
-    text2[1, 3:] = 7
-    logits2, loss2 = model(text2, text_lengths, codes2, code_lengths)
-    assert torch.allclose(loss, loss2, atol=1e-6)
-    assert torch.allclose(logits[1, :5], logits2[1, :5], atol=1e-5)
-    # The text is conditioning, not a target: a different real text changes the logits but is never predicted.
-    text3 = text.clone()
-    text3[0, 0] = (text3[0, 0] + 1) % TEXT_V
-    assert not torch.allclose(model(text3, text_lengths, codes, code_lengths)[0][0], logits[0])
+    chars2[1, 3:], tokens2[1, 3:] = 7, 9
+    out2 = model(chars2, tokens2, unit_lengths, durations, codes2, code_lengths)
+    assert torch.allclose(out.loss, out2.loss, atol=1e-6)
+    assert torch.allclose(out.logits[1, :4], out2.logits[1, :4], atol=1e-5)
+    assert torch.allclose(out.log_durations[1, :3], out2.log_durations[1, :3], atol=1e-5)
+    # A different real character changes the outputs; the duration weight scales the duration loss only.
+    chars3 = chars.clone()
+    chars3[0, 1] = (chars3[0, 1] + 1) % N_CHAR_IDS
+    assert not torch.allclose(model(chars3, tokens, unit_lengths, durations, codes, code_lengths).logits[0],
+                              out.logits[0])
+    heavy = make_talker(duration_loss_weight=3.0)(chars, tokens, unit_lengths, durations, codes, code_lengths)
+    assert torch.allclose(heavy.loss, heavy.code_loss + 3 * heavy.duration_loss)
 
 
-def test_future_frames_do_not_change_past_logits():
-    model = make_talker()
-    text, _, codes, _ = batch()
-    changed = codes.clone()
-    changed[:, 3:] = (changed[:, 3:] + 1) % V
-    a, _ = model(text, None, codes)
-    b, _ = model(text, None, changed)
-    # Logits at position j see the codes of frames < j.
-    assert torch.allclose(a[:, :4], b[:, :4], atol=1e-6)
-    assert not torch.allclose(a[:, 4:], b[:, 4:])
-
-
-def test_padded_batch_equals_rows_alone():
-    model = make_talker()
-    text, text_lengths, codes, code_lengths = batch()
-    logits, _ = model(text, text_lengths, codes, code_lengths)
+def test_padded_batch_computes_what_each_row_computes_alone():
+    model = make_talker(frames_per_unit=3)
+    chars, tokens, unit_lengths, durations, codes, code_lengths = batch()
+    out = model(chars, tokens, unit_lengths, durations, codes, code_lengths)
+    gen, lengths = model.generate(chars, tokens, unit_lengths=unit_lengths)
+    assert lengths.tolist()[1] > 0 and lengths[0] != lengths[1]  # the rows speak different lengths
+    assert gen.shape == (2, int(lengths.max()), K) and (gen[1, lengths[1]:] == 0).all()
     for i in range(2):
-        n, f = text_lengths[i], code_lengths[i]
-        alone, _ = model(text[i : i + 1, :n], None, codes[i : i + 1, :f])
-        assert torch.allclose(logits[i, : f + 1], alone[0], atol=1e-5)
+        n, f = unit_lengths[i], code_lengths[i]
+        alone = model(chars[i:i + 1, :n], tokens[i:i + 1, :n], None, durations[i:i + 1, :n], codes[i:i + 1, :f])
+        assert torch.allclose(out.logits[i, :f], alone.logits[0], atol=1e-5)
+        assert torch.allclose(out.log_durations[i, :n], alone.log_durations[0], atol=1e-5)
+        gen_alone, length_alone = model.generate(chars[i:i + 1, :n], tokens[i:i + 1, :n])
+        assert length_alone[0] == lengths[i] and torch.equal(gen_alone[0], gen[i, : lengths[i]])
 
 
-def test_kv_cache_generation_equals_uncached():
-    model = make_talker()
-    text, text_lengths, _, _ = batch()
-    cached, lengths = model.generate(text, text_lengths=text_lengths, max_frames=10)
-    uncached, lengths2 = model.generate(text, text_lengths=text_lengths, max_frames=10, use_cache=False)
-    assert cached.shape == (2, 10, K) and torch.equal(cached, uncached) and torch.equal(lengths, lengths2)
-    assert ((cached >= 0) & (cached < V)).all()
-    sample = {"text_lengths": text_lengths, "max_frames": 10, "temperature": 1.0, "top_k": 5}
-    sampled = [
-        model.generate(text, **sample, use_cache=c, generator=torch.Generator().manual_seed(3))[0]
-        for c in (True, False)
-    ]
-    assert torch.equal(*sampled)
-    # A padded row generates what it generates alone.
-    alone, alone_lengths = model.generate(text[1:, :3], max_frames=10)
-    assert alone_lengths[0] == lengths[1] and torch.equal(alone[0], cached[1, : lengths[1]])
+def test_regulate_lengths_on_hand_made_durations():
+    durations = torch.tensor([[2, 0, 1, 0], [0, 3, 0, 0], [0, 0, 0, 0]])
+    unit, in_unit, valid = regulate_lengths(durations, 4)
+    assert valid.tolist() == [[True, True, True, False], [True, True, True, False], [False] * 4]
+    # Zero-duration units (leading, inner, trailing) own no frame; each frame counts up inside its unit.
+    assert unit[0, :3].tolist() == [0, 0, 2] and in_unit[0, :3].tolist() == [0, 1, 0]
+    assert unit[1, :3].tolist() == [1, 1, 1] and in_unit[1, :3].tolist() == [0, 1, 2]
+    # Invalid frames still index a real unit (the gather stays in range).
+    assert ((unit >= 0) & (unit < 4)).all() and (in_unit >= 0).all()
 
 
-def test_overfit_then_generate_the_training_codes_and_stop():
-    model = make_talker().train()
-    text, text_lengths, codes, code_lengths = batch()
+def test_predicted_durations_round_scale_by_pace_and_are_capped_at_max_frames():
+    model = make_talker()  # max_frames 24
+    log_dur = torch.log1p(torch.tensor([[5.0, 5.0, 5.0, 5.0, 5.0, 5.0], [2.0, 0.4, 0.6, -0.5, 9.0, 9.0]]))
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    d = model.predict_durations(log_dur, mask)
+    assert d.tolist() == [[5, 5, 5, 5, 4, 0], [2, 0, 1, 0, 0, 0]]  # cut at 24 in total; padding speaks nothing
+    assert model.predict_durations(log_dur, mask, pace=2.0)[1].tolist() == [4, 1, 1, 0, 0, 0]
+    # generate obeys the cap: a Talker predicting ~20 frames per unit speaks exactly max_frames.
+    chars, tokens, unit_lengths, *_ = batch()
+    codes, lengths = make_talker(frames_per_unit=20).generate(chars, tokens, unit_lengths=unit_lengths)
+    assert lengths.tolist() == [24, 24] and codes.shape == (2, 24, K)
+
+
+def test_zero_predicted_frames_give_empty_codes():
+    model = make_talker(frames_per_unit=0)
+    with torch.no_grad():
+        model.duration.out.bias.fill_(-10.0)  # expm1 -> -1: every unit rounds to 0 frames
+    chars, tokens, unit_lengths, *_ = batch()
+    codes, lengths = model.generate(chars, tokens, unit_lengths=unit_lengths)
+    assert codes.shape == (2, 0, K) and lengths.tolist() == [0, 0]
+
+
+def test_temperature_zero_is_deterministic_and_sampling_follows_the_generator():
+    model = make_talker(frames_per_unit=3)
+    chars, tokens, unit_lengths, *_ = batch()
+    a, la = model.generate(chars, tokens, unit_lengths=unit_lengths)
+    b, lb = model.generate(chars, tokens, unit_lengths=unit_lengths, temperature=0.0)
+    assert torch.equal(a, b) and torch.equal(la, lb) and ((a >= 0) & (a < V)).all()
+
+    def sample(seed):
+        return model.generate(chars, tokens, unit_lengths=unit_lengths, temperature=1.0,
+                              generator=torch.Generator().manual_seed(seed))[0]
+
+    assert torch.equal(sample(3), sample(3)) and not torch.equal(sample(3), a)
+
+
+def test_overfit_two_utterances_then_generate_their_codes_and_lengths():
+    model = make_talker(dropout=0.0).train()
+    chars, tokens, unit_lengths, durations, codes, code_lengths = batch()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
     for _ in range(100):
-        logits, loss = model(text, text_lengths, codes, code_lengths)
+        out = model(chars, tokens, unit_lengths, durations, codes, code_lengths)
         opt.zero_grad()
-        loss.backward()
+        out.loss.backward()
         opt.step()
-    assert loss.item() < 0.2
+        losses.append(out.loss.item())
+    assert losses[-1] < 0.05 * losses[0]
     model.eval()
-    out, lengths = model.generate(text, text_lengths=text_lengths, max_frames=12)
-    # Stopped by END: 6 frames, not max_frames; the shorter row ended at 4 and is padded with 0.
-    assert out.shape == (2, 6, K) and lengths.tolist() == [6, 4]
-    assert torch.equal(out[0], codes[0]) and torch.equal(out[1, :4], codes[1, :4])
-    assert (out[1, 4:] == 0).all()
-    logits, _ = model(text, text_lengths, codes, code_lengths)
-    correct, counted = code_accuracy(logits, talker_targets(codes, code_lengths, V))
-    assert correct == counted
+    gen, lengths = model.generate(chars, tokens, unit_lengths=unit_lengths)
+    assert lengths.tolist() == [7, 4] and gen.shape == (2, 7, K)
+    assert torch.equal(gen[0], codes[0]) and torch.equal(gen[1, :4], codes[1, :4]) and (gen[1, 4:] == 0).all()
+    unit_mask = torch.arange(5)[None] < unit_lengths[:, None]
+    log_dur = model(chars, tokens, unit_lengths, durations, codes, code_lengths).log_durations
+    assert torch.equal(model.predict_durations(log_dur, unit_mask), durations)  # zero-frame units included
+    correct, counted = code_accuracy(model(chars, tokens, unit_lengths, durations, codes, code_lengths).logits,
+                                     codes, code_lengths)
+    assert (correct == counted).all()
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    text, text_lengths, codes, code_lengths = batch()
+def test_gradient_checkpointing_covers_both_transformers_and_gives_the_same_gradients():
+    chars, tokens, unit_lengths, durations, codes, code_lengths = batch()
     grads = []
     for enabled in (False, True):
         model = make_talker().train()
         model.set_gradient_checkpointing(enabled)
-        model(text, text_lengths, codes, code_lengths)[1].backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        # The frame decoder (the longer sequence) must recompute too, not only the text encoder.
+        assert model.gradient_checkpointing == model.decoder.gradient_checkpointing == enabled
+        model(chars, tokens, unit_lengths, durations, codes, code_lengths).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert torch.allclose(*grads, atol=1e-6)
 
 
@@ -135,30 +171,13 @@ def test_validation_names_values():
         TalkerConfig(text_vocab_size=TEXT_V, d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="n_kv_heads=2"):
         TalkerConfig(text_vocab_size=TEXT_V, n_heads=3, n_kv_heads=2)
-    with pytest.raises(ValueError, match="codebook_size"):
-        TalkerConfig(text_vocab_size=TEXT_V, codebook_size=0)
-    with pytest.raises(ValueError, match="frame_dropout=1"):
-        TalkerConfig(text_vocab_size=TEXT_V, frame_dropout=1.0)
+    with pytest.raises(ValueError, match="n_decoder_layers"):
+        TalkerConfig(text_vocab_size=TEXT_V, n_decoder_layers=0)
+    with pytest.raises(ValueError, match="duration_loss_weight"):
+        TalkerConfig(text_vocab_size=TEXT_V, duration_loss_weight=-1.0)
     model = make_talker()
-    with pytest.raises(ValueError, match="max_frames=13"):
-        model.generate(batch()[0], max_frames=13)
-    with pytest.raises(ValueError, match="text length 17"):
-        model(torch.zeros(1, 17, dtype=torch.long), None, torch.zeros(1, 2, K, dtype=torch.long))
-
-
-def test_frame_dropout_hides_previous_codes_in_training_only():
-    text, text_lengths, codes, code_lengths = batch()
-    plain, dropping = make_talker(), make_talker(frame_dropout=0.5)
-    assert torch.equal(plain(text, text_lengths, codes, code_lengths)[0],
-                       dropping(text, text_lengths, codes, code_lengths)[0])  # eval: nothing hidden
-
-    dropping.train()  # dropout is 0, so frame dropout is the only randomness
-    torch.manual_seed(3)
-    logits, _ = dropping(text, text_lengths, codes, code_lengths)
-    torch.manual_seed(3)
-    hidden = torch.rand(codes.shape[0], codes.shape[1] + 1) < 0.5  # the draw forward makes: one per input frame
-    assert hidden[:, 1:].any() and not hidden[:, 1:].all()
-    # Input j is frame j-1's codes; hiding it is feeding START there instead.
-    shown = codes.masked_fill(hidden[:, 1:, None], V)
-    assert torch.allclose(logits, plain(text, text_lengths, shown, code_lengths)[0], atol=1e-6)
-    assert not torch.allclose(logits, plain(text, text_lengths, codes, code_lengths)[0], atol=1e-3)
+    long = torch.zeros(1, 17, dtype=torch.long)
+    with pytest.raises(ValueError, match="max_text_len=16"):
+        model.generate(long, long)
+    with pytest.raises(ValueError, match="max_frames=24"):
+        model(long[:, :3], long[:, :3], None, torch.tensor([[0, 25, 0]]), torch.zeros(1, 25, K, dtype=torch.long))
