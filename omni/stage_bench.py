@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from omni import builders
+from omni.alignment import N_CHAR_IDS
 from omni.chat import SPECIAL_TOKENS
 from omni.config import load_config_file
 from omni.training.run import AMP_DTYPES
@@ -34,7 +35,7 @@ TRANSCRIPT_CHARS = 24
 CTC_VOCAB = 29  # blank + a-z + apostrophe + space (the normalised transcripts' alphabet)
 OCR_VOCAB = 80  # characters of printed English lines + blank
 OCR_LABEL_CHARS = 16
-TALKER_TEXT_TOKENS = 24
+TALKER_TEXT_UNITS = TRANSCRIPT_CHARS + 2  # the Talker reads <bos>, the characters, <eos> (omni.alignment)
 SFT_SEQ_LEN = 160
 SFT_ANSWER_TOKENS = 16
 
@@ -226,16 +227,21 @@ def _talker(config_dir, device, batch_size, overrides):
     model = built.model.to(device)
     net = _wrap(model, t.train)
     opt = built.optimizer()
-    B, T = batch_size or t.train.batch_size, TALKER_TEXT_TOKENS
+    B, U = batch_size or t.train.batch_size, TALKER_TEXT_UNITS
     F = -(-SPEECH_MEL_FRAMES // stage.codec.model.downsample)  # code frames of a 2 s clip (Codec.code_lengths)
-    text = torch.randint(len(SPECIAL_TOKENS), t.model.text_vocab_size, (B, T), device=device)
-    text_lengths = torch.full((B,), T, dtype=torch.long, device=device)
+    chars = torch.randint(0, N_CHAR_IDS, (B, U), device=device)
+    tokens = torch.randint(len(SPECIAL_TOKENS), t.model.text_vocab_size, (B, U), device=device)
+    unit_lengths = torch.full((B,), U, dtype=torch.long, device=device)
+    # Aligned durations: the F frames spread evenly over the units (each row sums to F, as the aligner's do).
+    durations = torch.full((B, U), F // U, dtype=torch.long, device=device)
+    durations[:, : F % U] += 1
     codes = torch.randint(0, t.model.codebook_size, (B, F, t.model.n_codebooks), device=device)
     code_lengths = torch.full((B,), F, dtype=torch.long, device=device)
     step = _train_step(model, [opt], device, t.train.precision,
-                       lambda: net(text, text_lengths, codes, code_lengths)[1])
+                       lambda: net(chars, tokens, unit_lengths, durations, codes, code_lengths).loss)
     return StageStep("D-talker", "Talker text->codes", path, model, B, step, t.train.precision,
-                     tokens=B * (T + F + 1), shapes={"text": [B, T], "codes": [B, F, t.model.n_codebooks]})
+                     tokens=B * (U + F), shapes={"chars": [B, U], "tokens": [B, U], "durations": [B, U],
+                                                 "codes": [B, F, t.model.n_codebooks]})
 
 
 def _vocoder(config_dir, device, batch_size, overrides):
