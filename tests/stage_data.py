@@ -32,6 +32,26 @@ def asr_speech(out, *, n_train=40, n_val=10):
     return out
 
 
+def random_aligner(out, *, seed=0):
+    """A randomly initialised Stage-B model, written as train_audio_enc.py writes its final `audio_enc.pt` (ctc_upsample
+    2, the a-z / apostrophe / space alphabet): talker.data.aligner for the Talker tests. Random CTC log-probs still
+    align any clip with enough CTC frames (25 per second) for its characters. Returns the file; the same seed writes
+    the same weights."""
+    from omni.audio_encoder import AsrModel, AudioEncoder, AudioEncoderConfig
+    from omni.components import audio_encoder_weights
+    from omni.ctc import CharVocab
+    from omni.torch_io import save
+
+    vocab = CharVocab(list(" 'abcdefghijklmnopqrstuvwxyz"))
+    cfg = AudioEncoderConfig(n_mels=32, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32, conv_channels=4)
+    torch.manual_seed(seed)
+    model = AsrModel(AudioEncoder(cfg), vocab_size=len(vocab), ctc_upsample=2)
+    [(name, payload)] = audio_encoder_weights(model, cfg, vocab=vocab.to_list(), ctc_upsample=2).items()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save(payload, Path(out) / name)
+    return Path(out) / name
+
+
 def stage_a_standin(out, corpus):
     """A Stage-A folder as train_text.py leaves it: tokenizer.model + thinker.pt {"model", "config", "tokenizer"}."""
     from omni.thinker import Thinker, ThinkerConfig

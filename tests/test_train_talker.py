@@ -1,6 +1,7 @@
-"""Stage D end to end: train_talker.py codec phase then Talker phase on tiny configs, final weights readable by the
-export and by omni.speech, SIGKILL at random moments in either phase + rerun == straight run, and a Talker run that
-refuses to continue on a codec that changed under it."""
+"""Stage D end to end: train_talker.py codec phase then Talker phase on tiny configs (a random Stage-B model aligns
+the clips), final weights readable by the export and by omni.speech, SIGKILL at random moments in either phase and
+while the code cache is built + rerun == straight run, a code cache rebuilt when the aligner changes, and a Talker
+run that refuses to continue on a codec that changed under it or to start without its aligner."""
 
 import json
 import re
@@ -20,7 +21,8 @@ from omni.speech import SpeechSynthesizer
 from omni.synthetic.speech import split_sentences, write_speech_dataset
 from omni.tokenizer import train_tokenizer
 from tests.conftest import REPO
-from tests.stage_helpers import kill_and_rerun_until_done, run_ok
+from tests.stage_data import random_aligner
+from tests.stage_helpers import FAULTS, kill_and_rerun_until_done, run_ok
 
 
 def speech_dataset(out, *, n_train, n_val):
@@ -52,7 +54,10 @@ def tokenizer_file(tmp_path_factory, text_corpus):
     return train_tokenizer([text_corpus / "train.txt"], tmp_path_factory.mktemp("tok"), vocab_size=400).model_path
 
 
-def tiny(speech, tokenizer_file, save, *, codec_steps=12, talker_steps=12):
+def tiny(speech, tokenizer_file, save, *, aligner=None, codec_steps=12, talker_steps=12):
+    """Both phases' tiny config; aligner: the Stage-B file aligning the clips (default: a random one, always the
+    same weights, written beside `save`)."""
+    aligner = aligner or random_aligner(save.parent / "aligner")
     train = {"batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "checkpoint_freq": 2, "log_freq": 2,
              "keep_last": 2, "threads": 1}
     data = {"train_manifest": str(speech / "train.jsonl"), "val_manifest": str(speech / "val.jsonl"),
@@ -63,9 +68,10 @@ def tiny(speech, tokenizer_file, save, *, codec_steps=12, talker_steps=12):
                   "data": {**data, "crop_frames": 48},
                   "train": {**train, "max_steps": codec_steps, "val_freq": 3, "save_dir": str(save / "codec")}},
         "talker": {"model": {"text_vocab_size": 400, "n_codebooks": 2, "codebook_size": 16, "d_model": 16,
-                             "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "d_ff": 32, "max_text_len": 64,
-                             "max_frames": 64, "dropout": 0.1, "frame_dropout": 0.3},
-                   "data": {**data, "tokenizer": str(tokenizer_file), "sample_sentences": 1},
+                             "n_layers": 1, "n_decoder_layers": 1, "n_heads": 2, "n_kv_heads": 1, "d_ff": 32,
+                             "max_text_len": 96, "max_frames": 64, "dropout": 0.1},
+                   "data": {**data, "tokenizer": str(tokenizer_file), "aligner": str(aligner),
+                            "sample_sentences": 1},
                    "train": {**train, "max_steps": talker_steps, "val_freq": 4, "save_dir": str(save)}},
     }
 
@@ -86,15 +92,22 @@ def same(a, b) -> bool:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory, speech, tokenizer_file):
+def aligner(tmp_path_factory):
+    """The straight run's aligner (a run resumes only with the data paths it started with, so its copies use it
+    too); test_both_phases_... retrains it (new weights, same file) after the straight run."""
+    return random_aligner(tmp_path_factory.mktemp("aligner"))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, speech, tokenizer_file, aligner):
     """One uninterrupted phase=all run, shared: its outputs are checked, and the killed runs must reproduce it."""
     tmp = tmp_path_factory.mktemp("straight")
-    result = run_ok(command(tmp, tiny(speech, tokenizer_file, tmp / "talker")))
+    result = run_ok(command(tmp, tiny(speech, tokenizer_file, tmp / "talker", aligner=aligner)))
     return tmp / "talker", result
 
 
 def test_both_phases_write_exportable_weights_resume_and_refuse_a_changed_codec(tmp_path, speech, tokenizer_file,
-                                                                                 straight):
+                                                                                 aligner, straight):
     done, out = straight
     recon, mse, ppl0, ppl1 = (float(x) for x in re.search(
         r"codec val_recon_l1 ([\d.]+) val_recon_mse ([\d.]+) val_ppl_cb0 ([\d.]+) val_ppl_cb1 ([\d.]+)",
@@ -123,10 +136,23 @@ def test_both_phases_write_exportable_weights_resume_and_refuse_a_changed_codec(
 
     save = tmp_path / "talker"
     shutil.copytree(done, save)
-    config = tiny(speech, tokenizer_file, save)
+    config = tiny(speech, tokenizer_file, save, aligner=aligner)
     again = run_ok(command(tmp_path, config))
     assert again.stderr.count("resumed at step 12") == 2 and "encoding" not in again.stderr  # cache reused
     assert f"code cache {save / 'train.codes.pt'}: reused" in again.stderr
+
+    # A retrained aligner (other weights in the same file) means other durations: both caches are rebuilt, saying why.
+    random_aligner(aligner.parent, seed=1)
+    realigned = run_ok(command(tmp_path, config, "phase=talker"))
+    for split in ("train", "val"):
+        assert re.search(rf"encoding \d+ utterances .* into {re.escape(str(save / f'{split}.codes.pt'))}, aligned by "
+                         rf"{re.escape(str(aligner))} \(changed: aligner\)", realigned.stderr), realigned.stderr[-2000:]
+
+    # No Stage-B model where talker.data.aligner points: one error line that names the key, no traceback.
+    missing = subprocess.run(command(tmp_path, config, "phase=talker", f"talker.data.aligner={tmp_path / 'nowhere'}"),
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines()[-1].startswith(f"error: talker.data.aligner: {tmp_path / 'nowhere'}")
 
     # Train the codec further: its weights change, and the Talker, which has checkpoints, must not mix two codecs.
     run_ok(command(tmp_path, config, "phase=codec", "codec.train.max_steps=14"))
@@ -142,8 +168,13 @@ def test_sigkill_in_either_phase_then_rerun_is_bitwise_identical(tmp_path, speec
                               timeout=120)
     assert no_codec.returncode != 0 and "run the codec phase first" in no_codec.stderr
     kills = kill_and_rerun_until_done(command(tmp_path, config, "phase=codec"), killed / "codec", seed=1)
-    kills += kill_and_rerun_until_done(command(tmp_path, config, "phase=talker"), killed, seed=2)
-    assert kills >= 1
+    # The Talker phase is first killed while it builds its code cache: after the first encoded and aligned batch,
+    # then between writing the cache and recording its inputs (the rerun must not trust that file).
+    kills += kill_and_rerun_until_done(command(tmp_path, config, "phase=talker"), killed, seed=2,
+                                       faults=("cache@1", "cache@2", *FAULTS))
+    assert kills >= 6
+    log = (killed / "training.log").read_text()
+    assert f"{killed / 'train.codes.pt'}, aligned by" in log and "is missing or unreadable, so its inputs" in log
     for name in ("codec/rvq_codec.pt", "talker.pt"):
         assert same(state(straight[0] / name), state(killed / name)), name
     assert "resumed at step" in (killed / "training.log").read_text() + (killed / "codec" / "training.log").read_text()
