@@ -126,8 +126,10 @@ def speech_clip_item(tmp_path, name, make, duration):
 
 def talker_item(tmp_path, tokenizer, seconds, max_frames):
     """Stage D Talker: a clip through build_code_cache (a tiny untrained codec) and TalkerCodes, item 0."""
+    from omni.alignment import CtcAligner
     from omni.codec import Codec, CodecConfig
     from omni.data.tts import TalkerCodes, build_code_cache
+    from tests.stage_data import random_aligner
 
     tone(tmp_path / "long.wav", seconds)
     manifest = write_lines(tmp_path / "talk.jsonl", [{"audio": "long.wav", "text": "say hello"}])
@@ -135,7 +137,7 @@ def talker_item(tmp_path, tokenizer, seconds, max_frames):
     codec_file = tmp_path / "codec.pt"
     torch.save(codec.state_dict(), codec_file)
     cache = build_code_cache(read_asr_manifest(manifest), codec=codec, codec_file=codec_file, tokenizer=tokenizer,
-                             max_text_len=32, max_frames=max_frames, cache_dir=tmp_path, name="t", log=lambda m: None)
+                             aligner=CtcAligner.load(random_aligner(tmp_path / "aligner")), max_text_len=32, max_frames=max_frames, cache_dir=tmp_path, name="t", log=lambda m: None)
     return TalkerCodes(cache)[0]
 
 

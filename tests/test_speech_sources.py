@@ -228,23 +228,28 @@ def _write(path, config):
 
 
 class ByteTokenizer:
-    """Stands in for the Stage-A tokenizer: the code cache needs only encode() and a fingerprint."""
+    """Stands in for the Stage-A tokenizer: the code cache needs only the text units' ids (omni.alignment.text_units)
+    and a fingerprint."""
 
     fingerprint = "bytes"
+    bos_id, eos_id = 1, 2
 
-    def encode(self, text, bos=False, eos=False):
-        return [1] * bos + list(text.encode()) + [2] * eos
+    def char_tokens(self, text):
+        return [min(ord(c), 255) for c in text]
 
 
 def test_talker_code_cache_over_mixed_sources_and_their_durations(cv, folder, tmp_path):
+    from omni.alignment import CtcAligner
     from omni.codec import Codec, CodecConfig
     from omni.data.tts import TalkerCodes
+    from tests.stage_data import random_aligner
 
     codec = Codec(CodecConfig(n_mels=16, channels=8, latent_dim=4, codebook_size=8)).eval()
     torch.save(codec.state_dict(), tmp_path / "codec.pt")
     records = load_asr_records([cv / "dev.tsv", folder / "val.tsv"])
     log = []
-    kwargs = dict(codec=codec, codec_file=tmp_path / "codec.pt", tokenizer=ByteTokenizer(), max_text_len=256,
+    kwargs = dict(codec=codec, codec_file=tmp_path / "codec.pt", tokenizer=ByteTokenizer(),
+                  aligner=CtcAligner.load(random_aligner(tmp_path / "aligner")), max_text_len=256,
                   max_frames=512, cache_dir=tmp_path, name="val", log=log.append)
     codes = TalkerCodes(build_code_cache(records, **kwargs))
     assert len(codes) == 8 and not any(codes.bad) and all(len(c) > 0 for c in codes.codes)

@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from omni.alignment import CtcAligner
 from omni.audio import SAMPLE_RATE
 from omni.codec import Codec, CodecConfig
 from omni.data import fingerprint
@@ -29,6 +30,7 @@ from omni.errors import UserError
 from omni.synthetic.ocr_lines import write_ocr_dataset
 from omni.tokenizer import train_tokenizer
 from tests.conftest import REPO
+from tests.stage_data import random_aligner
 from tests.test_train_audio_enc import TINY as ASR_TINY
 from tests.test_train_audio_enc import write_tone_dataset
 from tests.test_train_ocr import TINY as OCR_TINY
@@ -96,10 +98,11 @@ def test_code_cache_is_rebuilt_when_an_audio_file_changes(tmp_path, tokenizer):
     records = [{"audio": clip("a.wav", 0.5, 220), "text": "a red circle"},
                {"audio": clip("b.wav", 0.5, 440), "text": "a blue square"}]
     logs = []
-    kwargs = dict(codec=codec, codec_file=codec_file, tokenizer=tokenizer, max_text_len=64, max_frames=64,
-                  name="train", log=logs.append)
+    aligner = CtcAligner.load(random_aligner(tmp_path / "aligner"))
+    kwargs = dict(codec=codec, codec_file=codec_file, tokenizer=tokenizer, aligner=aligner, max_text_len=64,
+                  max_frames=64, name="train", log=logs.append)
     cache = build_code_cache(records, cache_dir=tmp_path / "run", **kwargs)
-    assert "encoding" in logs[-1]
+    assert "encoding" in logs[-1] and not any(TalkerCodes(cache).bad)
     frames = len(TalkerCodes(cache).codes[1])
     assert build_code_cache(records, cache_dir=tmp_path / "run", **kwargs) == cache and "reused" in logs[-1]
 
