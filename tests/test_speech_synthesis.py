@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from omni import speech
-from omni.audio_encoder import AsrModel, AudioEncoder, AudioEncoderConfig
+from omni.alignment import text_units
 from omni.codec import Codec, CodecConfig
 from omni.ctc import CharVocab
-from omni.data.tts import talker_text_ids
 from omni.speech import SpeechSynthesizer, Transcriber, Vocoder, intelligibility
 from omni.talker import Talker, TalkerConfig
 from omni.tokenizer import train_tokenizer
 from omni.training.checkpoint import atomic_save
 from omni.vocoder import Generator, VocoderConfig, griffin_lim
+from tests.stage_data import random_aligner
 
 N_MELS, VOCAB = 16, 400
 VOCODER = VocoderConfig(n_mels=N_MELS, upsample_initial_channels=16, resblock_kernel_sizes=(3,),
@@ -31,9 +31,9 @@ def parts(tmp_path_factory, text_corpus):
     torch.manual_seed(0)
     codec = Codec(CodecConfig(n_mels=N_MELS, channels=8, latent_dim=8, n_codebooks=2, codebook_size=16)).eval()
     talker = Talker(TalkerConfig(text_vocab_size=VOCAB, n_codebooks=2, codebook_size=16, d_model=16, n_layers=1,
-                                 n_heads=2, n_kv_heads=1, d_ff=32, max_frames=40)).eval()
-    with torch.no_grad():  # END logit 0 while random code logits reach above it: speaks until the length cap
-        talker.heads.weight[16] = 0
+                                 n_decoder_layers=1, n_heads=2, n_kv_heads=1, d_ff=32, max_frames=40)).eval()
+    with torch.no_grad():  # about 2 frames per unit (a fresh duration head says ~0: nothing would be spoken)
+        talker.duration.out.bias.fill_(1.1)
     for name, model in (("talker.pt", talker), ("rvq_codec.pt", codec)):
         atomic_save({"model": model.state_dict(), "config": dataclasses.asdict(model.cfg)}, folder / name)
     return folder, tokenizer, talker, codec
@@ -41,8 +41,9 @@ def parts(tmp_path_factory, text_corpus):
 
 def expected_mel(parts, synth, text):
     _, tokenizer, talker, codec = parts
-    ids = torch.tensor([talker_text_ids(tokenizer, text)])
-    codes, lengths = talker.generate(ids, max_frames=synth.max_frames(text))
+    units = text_units(tokenizer, text)
+    codes, lengths = talker.generate(torch.tensor([units.chars]), torch.tensor([units.tokens]))
+    assert 0 < lengths[0] < talker.cfg.max_frames  # the predicted durations, not the cap, decide the length
     return codec.decode(codes[:, : int(lengths[0])])
 
 
@@ -64,7 +65,7 @@ def test_griffin_lim_fallback_is_used_and_logged_without_final_vocoder_weights(t
     assert mel.shape[1] > 0 and wav.shape == (mel.shape[1] * 160,)
     torch.testing.assert_close(wav, griffin_lim(mel, n_iter=32)[0])
 
-    def ends_at_once(ids, **kwargs):
+    def ends_at_once(chars, tokens, **kwargs):
         return torch.zeros(1, 0, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long)
 
     synth.talker.generate = ends_at_once
@@ -95,14 +96,8 @@ def test_mismatched_parts_are_refused(parts):
 
 
 def write_asr(folder):
-    """A Stage-B audio_enc.pt with random tiny weights in folder."""
-    vocab = CharVocab.from_texts(["abcdefghijklmnopqrstuvwxyz '"])
-    encoder_cfg = AudioEncoderConfig(n_mels=16, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32,
-                                     conv_channels=4)
-    model = AsrModel(AudioEncoder(encoder_cfg), vocab_size=len(vocab), ctc_upsample=2)
-    atomic_save({"model": model.state_dict(), "config": dataclasses.asdict(encoder_cfg), "vocab": vocab.to_list(),
-                 "ctc_upsample": 2, "n_mels": 16}, folder / "audio_enc.pt")
-    return vocab
+    """A Stage-B audio_enc.pt with random tiny weights in folder; returns its CTC characters."""
+    return CharVocab.from_list(torch.load(random_aligner(folder), weights_only=True)["vocab"])
 
 
 def test_transcriber_reads_stage_b_weights_and_cer_is_summed_over_the_corpus(tmp_path, parts):
