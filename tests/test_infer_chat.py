@@ -70,9 +70,9 @@ def tiny(tmp_path_factory, text_corpus):
                 root / "ocr" / "ocr.pt")
     codec = Codec(CodecConfig(n_mels=N_MELS, channels=8, latent_dim=8, n_codebooks=2, codebook_size=16)).eval()
     talker = Talker(TalkerConfig(text_vocab_size=VOCAB, n_codebooks=2, codebook_size=16, d_model=16, n_layers=1,
-                                 n_heads=2, n_kv_heads=1, d_ff=32, max_frames=24)).eval()
-    with torch.no_grad():  # END logit 0 while random code logits reach above it: speaks until the length cap
-        talker.heads.weight[16] = 0
+                                 n_decoder_layers=1, n_heads=2, n_kv_heads=1, d_ff=32, max_frames=24)).eval()
+    with torch.no_grad():  # about 2 frames per text unit (a fresh duration head says ~0: nothing would be spoken)
+        talker.duration.out.bias.fill_(1.1)
     for name, part in (("talker.pt", talker), ("rvq_codec.pt", codec)):
         atomic_save({"model": part.state_dict(), "config": dataclasses.asdict(part.cfg)}, root / "talker" / name)
     tokenizer.save(root / "talker")
