@@ -7,13 +7,15 @@ Two phases, each a resumable run of its own with its own model/data/train sectio
   codec.train.save_dir (checkpoints `codec_step_N.pt`); final weights `rvq_codec.pt` there. Metrics on the held-out
   clips: reconstruction error of the normalised log-mel ((mel - mel_mean) / mel_std) as L1 and MSE, and the
   perplexity of each codebook's usage (codebook_size at best, 1 = collapsed).
-- phase "talker": the Talker learns text -> codes. Runs in talker.train.save_dir (checkpoints `talker_step_N.pt`).
-  At its start the trained codec is copied beside it (`rvq_codec.pt`, the codec this Talker speaks) and every
-  utterance is encoded once into a code cache, rebuilt when the codec, tokenizer, manifest or an audio file changes
-  (the log says reused or rebuilt, and why), so the Talker's data loading reads no audio. If the codec run changes
+- phase "talker": the Talker learns text -> durations and codes. Runs in talker.train.save_dir (checkpoints
+  `talker_step_N.pt`). At its start the trained codec is copied beside it (`rvq_codec.pt`, the codec this Talker
+  speaks) and every utterance is encoded once into a code cache and aligned with its text by the Stage-B ASR model
+  (talker.data.aligner; CTC forced alignment, omni/alignment.py) into frames per character. The cache is rebuilt
+  when the codec, the aligner, the tokenizer, the manifest or an audio file changes (the log says reused or
+  rebuilt, and why), so the Talker's data loading reads no audio; a clip that cannot be aligned is a bad sample. If the codec run changes
   after the Talker run started, the Talker stops instead of mixing codes of two codecs (--force keeps the codec it
-  started with). Metrics: code cross entropy and accuracy (all codebooks and per codebook) on the held-out
-  utterances; sample sentences are spoken at each evaluation.
+  started with). Metrics on the held-out utterances: code cross entropy and accuracy (all codebooks and per
+  codebook), duration loss and error in frames; sample sentences are spoken at each evaluation.
   Final weights `talker.pt`, with `rvq_codec.pt` and `tokenizer.model` (Stage A's) beside it.
 - phase "all" (default) runs both in sequence. Rerunning the same command resumes whichever phase was interrupted;
   a finished phase only rewrites its final files.
@@ -28,6 +30,7 @@ from pathlib import Path
 import torch
 
 from omni import evaluation
+from omni.alignment import CtcAligner
 from omni.builders import build_codec, build_talker
 from omni.codec import usage_perplexity
 from omni.components import CODEC_FILE, codec_weights, load_stage_model, talker_weights
@@ -37,7 +40,8 @@ from omni.data.resumable import ResumableDataset, require_usable
 from omni.data.speech_layouts import load_asr_records, source_name
 from omni.data.tts import SpeechClips, TalkerCodes, build_code_cache, code_cache_path, random_segments
 from omni.stages import TalkerStage
-from omni.talker import code_accuracy, talker_targets
+from omni.errors import MissingInput
+from omni.talker import code_accuracy
 from omni.tokenizer import Tokenizer
 from omni.training import Run
 from omni.training import checkpoint as ckpt
@@ -113,9 +117,17 @@ def train_talker(t, codec_dir) -> None:
         raise SystemExit(f"{t.data.tokenizer} has {tokenizer.vocab_size} pieces, talker.model.text_vocab_size is "
                          f"{t.model.text_vocab_size}")
 
-    # ---- data: text ids + codes, encoded once by the frozen codec (rank 0 builds, the others wait)
+    aligner_path = Path(t.data.aligner)
+    if not aligner_path.exists():
+        raise MissingInput(f"talker.data.aligner: {aligner_path} does not exist; it names the Stage-B run dir (or its "
+                           "audio_enc.pt) whose CTC model aligns the speech with its text: train Stage B first")
+    aligner = CtcAligner.load(aligner_path, run.device)
+
+    # ---- data: text units, their durations and codes, made once by the frozen codec and the aligner (rank 0
+    # builds, the others wait)
     def codes(paths, name) -> TalkerCodes:
-        kwargs = dict(codec=codec, codec_file=codec_file, tokenizer=tokenizer, max_text_len=t.model.max_text_len,
+        kwargs = dict(codec=codec, codec_file=codec_file, aligner=aligner, tokenizer=tokenizer,
+                      max_text_len=t.model.max_text_len,
                       max_frames=t.model.max_frames, cache_dir=run.run_dir, name=name, device=run.device, log=run.info)
         if run.is_main:
             build_code_cache(load_asr_records(paths, key=f"talker.data.{name}_manifest", log=run.info), **kwargs)
@@ -136,20 +148,21 @@ def train_talker(t, codec_dir) -> None:
     if run.is_main:  # a resumed run whose data changed under it says so
         fingerprint.note_run_data(run.run_dir, {f"talker.data.{split}_manifest": fingerprint.content_digest(
             code_cache_path(run.run_dir, split)) for split in ("train", "val")}, resumed=run.step > 0, log=run.info)
-    V = t.model.codebook_size
 
     def evaluate() -> dict:
-        return evaluation.talker_metrics(run, val_codes, batch_size=t.data.val_batch_size, tokenizer=tokenizer,
+        return evaluation.talker_metrics(run, val_codes, batch_size=t.data.val_batch_size,
                                          sample_sentences=t.data.sample_sentences)
 
     # ---- loop
     for batch in run.batches(train_set):
         with run.micro_step():
-            logits, loss = model(batch["text_ids"], batch["text_lengths"], batch["codes"], batch["code_lengths"])
-            run.backward(loss)
+            out = model(batch["chars"], batch["tokens"], batch["unit_lengths"], batch["durations"], batch["codes"],
+                        batch["code_lengths"])
+            run.backward(out.loss)
         if run.optimizer_step():
-            correct, counted = code_accuracy(logits.detach(), talker_targets(batch["codes"], batch["code_lengths"], V))
-            run.log(loss=loss, acc=correct / counted)
+            correct, counted = code_accuracy(out.logits.detach(), batch["codes"], batch["code_lengths"])
+            run.log(loss=out.loss, code_loss=out.code_loss, duration_loss=out.duration_loss,
+                    acc=correct.sum() / (counted * len(correct)))
             run.maybe_evaluate(evaluate)
             run.maybe_checkpoint()
 
@@ -160,7 +173,8 @@ def train_talker(t, codec_dir) -> None:
     metrics = run.finish(evaluate, final_weights=talker_weights(run.raw_model, t.model))
     if run.is_main:
         tokenizer.save(run.run_dir)
-    print(f"talker val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_acc']:.4f}", flush=True)
+    print(f"talker val_loss {metrics['val_loss']:.4f} val_code_loss {metrics['val_code_loss']:.4f} val_acc "
+          f"{metrics['val_acc']:.4f} val_duration_mae {metrics['val_duration_mae']:.3f} frames", flush=True)
 
 
 if cfg.phase in ("codec", "all"):

@@ -266,6 +266,7 @@ class TalkerData:
     train_manifest: str | list[str] = "data/speech/train.jsonl"  # speech + transcripts (as AudioData's), encoded
     val_manifest: str | list[str] = "data/speech/val.jsonl"  # once by the frozen codec; val: code CE / accuracy
     tokenizer: str = "checkpoints/thinker_tiny/tokenizer.model"  # the Stage-A tokenizer (shared with the Thinker)
+    aligner: str = "checkpoints/audio_enc_tiny"  # the Stage-B run dir whose CTC model aligns speech and text
     bucket_batches: int = 8  # sort windows of this many batches by sequence length to cut padding; 0 = shuffle
     val_batch_size: int = 32
     sample_sentences: int = 2  # val sentences spoken (greedy) at each evaluation; frame counts go to the log
@@ -316,6 +317,9 @@ class VocoderData:
     segment_frames: int = 32  # random training crop in mel frames (32 = 0.32 s = 5120 samples)
     val_utterances: int | None = 64  # the first N validation clips are scored (Griffin-Lim is slow); None = all
     griffin_lim_iters: int = 32  # iterations of the Griffin-Lim baseline
+    # Stage-B run dir or audio_enc.pt: its CER on the vocoded held-out clips judges HiFi-GAN vs Griffin-Lim
+    # (None: the multi-resolution STFT distance to the real waveform judges)
+    asr: str | None = None
 
 
 @dataclass

@@ -1,35 +1,31 @@
-"""Talker: text-conditioned decoder-only transformer that speaks codec codes (Stage D; speech out).
+"""Talker: text units -> K-codebook speech codes, non-autoregressive and duration-guided (Stage D; speech out).
 
 Design choices
-- One causal sequence per utterance: [text prefix ; speech frames]. Text tokens (ids of the shared SentencePiece
-  `Tokenizer`) have their own embedding. Speech frame j's input is the sum over the K codebooks of per-codebook
-  embeddings of frame j-1's codes; frame 0 gets the reserved START id (= codebook_size) in every codebook. The
-  K per-codebook tables are one embedding matrix with offsets k * (codebook_size + 1), so a frame is one lookup.
-- K heads (one linear layer, reshaped) predict all K codes of the current frame in parallel, each over
-  codebook_size + 1 classes; the extra class (= codebook_size) is END-OF-SPEECH, the target of every codebook at
-  the frame after the last one. There is no delay pattern: the codebooks of one frame are independent given the
-  past, which is enough for K = 2 coarse codes per 40-80 ms frame. Generation decides "end" from codebook 0 alone and
-  samples the other codebooks among real codes only, so an emitted frame is always decodable.
-- Frame dropout (training only): each frame's input, the previous frame's codes, is replaced by the START input
-  with probability frame_dropout. Teacher forcing otherwise lets the model predict a frame mostly from the one
-  before it (neighbouring frames are alike), which it cannot rely on when it reads its own output; hidden inputs
-  make it read the text. Tacotron's always-on prenet dropout serves the same end (Shen et al. 2018).
-- Loss: cross entropy over speech positions only (frames 0..length, END included), averaged over every
-  (frame, codebook) target; the text prefix and padding carry no loss.
-- Positions: text token i sits at i and speech frame j at text_length + j, per row. Padded text tokens are masked
-  as keys, so a padded batch computes exactly what each row computes alone (rotary is relative, and the gap the
-  padding would leave never appears). Without text_lengths no mask is built and attention takes SDPA's causal
-  fast path.
-- Blocks, rotary, final norm, block loop and init are the shared `omni.layers.Transformer` trunk (init as the
-  Thinker's: normal 0.02, residual output projections scaled by 1/sqrt(2 n_layers)); KV cache and sampling are
-  the shared ones from `omni.layers` too. `generate` with the KV cache equals generation
-  without it (tested).
+- Input: the units of `omni.alignment.text_units` (<bos>, the characters, <eos>), each the sum of a character
+  embedding and the embedding of the Thinker-tokenizer token that covers it, so the Talker reads the Thinker's
+  text representation (as Qwen3-Omni's Talker reads the Thinker's) and still sees every letter.
+- Text encoder: a non-causal transformer over the units (the shared `omni.layers.Transformer` trunk, rotary
+  positions, padded units masked as keys).
+- Duration predictor (FastSpeech 2): two Conv1d(kernel 3) + ReLU + LayerNorm layers and a linear map to
+  log(1 + frames) per unit; MSE against the forced-alignment durations (omni.alignment), weighted by
+  duration_loss_weight. At synthesis, frames = round(exp(prediction) - 1), at least 0.
+- Length regulator: each unit's encoder state is repeated for its duration (the aligned one in training, the
+  predicted one at synthesis), plus a learned embedding of the frame's index inside its unit (capped at
+  max_unit_frames - 1), so the frames of one long unit are told apart.
+- Frame decoder: a second non-causal transformer over the frames. Codebook 0 is predicted from its output;
+  codebook k from the output plus the embeddings of the codes of codebooks < k of the same frame (the true ones
+  in training, the predicted ones at synthesis), as in residual VQ each codebook refines the ones before it.
+- Why not autoregressive: the previous Talker (a decoder-only codec LM over [text ; frames], stopping on an END
+  class) started sentences right and lost its place in the text later (TTS->ASR CER 45 % on held-out sentences);
+  with explicit durations every unit is spoken exactly once, in order (FastSpeech's finding; RALL-E's for codec
+  LMs). See the README, "Speech out".
+- Loss: cross entropy over every valid (frame, codebook) plus the duration loss; padding carries none.
 
-References: Borsos et al. 2023 (AudioLM); Wang et al. 2023 (VALL-E); Copet et al. 2023 (MusicGen, parallel
-codebook prediction); Qwen2.5-Omni / Qwen3-Omni technical reports (Thinker-Talker).
+References: Ren et al. 2019/2021 (FastSpeech, FastSpeech 2); Łańcucki 2021 (FastPitch); Xin et al. 2024 (RALL-E);
+Borsos et al. 2023 (SoundStorm: parallel codec decoding); Qwen2.5-Omni / Qwen3-Omni technical reports.
 
-Shape legend: B batch, T text tokens, F speech frames (the codec's frame_rate_hz: 12.5 Hz by default, 25 Hz in the
-demo), K codebooks, V codebook_size, D model width.
+Shape legend: B batch, U text units, F speech frames (the codec's frame_rate_hz), K codebooks, V codebook_size,
+D model width.
 """
 
 from __future__ import annotations
@@ -40,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omni.chat import IGNORE_INDEX  # target of positions without loss (here: padding after END)
+from omni.alignment import N_CHAR_IDS
 from omni.layers import Transformer, check_rotary_heads, lengths_mask, sample_next_token
 
 
@@ -48,172 +44,186 @@ from omni.layers import Transformer, check_rotary_heads, lengths_mask, sample_ne
 class TalkerConfig:
     text_vocab_size: int  # shared tokenizer vocabulary (Tokenizer.vocab_size)
     n_codebooks: int = 2  # K codebooks per frame (CodecConfig.n_codebooks)
-    codebook_size: int = 1024  # V codes per codebook (CodecConfig.codebook_size); id V = START in, END out
+    codebook_size: int = 1024  # V codes per codebook (CodecConfig.codebook_size)
     d_model: int = 192  # residual stream width D
-    n_layers: int = 4  # transformer blocks
+    n_layers: int = 4  # text encoder blocks
+    n_decoder_layers: int = 4  # frame decoder blocks
     n_heads: int = 3  # query heads; d_model / n_heads must be even (rotary)
     n_kv_heads: int = 3  # key/value heads (GQA when < n_heads)
     d_ff: int = 768  # SwiGLU hidden width
-    max_text_len: int = 256  # longest text prefix in tokens
+    max_text_len: int = 512  # longest text in units (characters + 2)
     max_frames: int = 500  # longest speech in code frames (40 s at 12.5 Hz, 20 s at 25 Hz)
-    rope_theta: float = 10_000.0  # rotary base; sequences are a few hundred positions
+    max_unit_frames: int = 32  # frame-in-unit embeddings; later frames of a longer unit share the last one
+    duration_loss_weight: float = 1.0
+    rope_theta: float = 10_000.0  # rotary base
     qk_norm: bool = True  # per-head RMSNorm on queries and keys
     norm_eps: float = 1e-6  # RMSNorm epsilon
-    dropout: float = 0.0  # attention and residual dropout
-    frame_dropout: float = 0.0  # training only: chance that a frame's input (the previous codes) is hidden
+    dropout: float = 0.0  # attention, residual and duration-predictor dropout
 
     def __post_init__(self):
-        names = ("text_vocab_size", "n_codebooks", "codebook_size", "d_model", "n_layers", "n_heads", "n_kv_heads")
-        names += ("d_ff", "max_text_len", "max_frames")
+        names = ("text_vocab_size", "n_codebooks", "codebook_size", "d_model", "n_layers", "n_decoder_layers",
+                 "n_heads", "n_kv_heads", "d_ff", "max_text_len", "max_frames", "max_unit_frames")
         bad = {k: getattr(self, k) for k in names if getattr(self, k) < 1}
         if bad:
             raise ValueError(f"TalkerConfig sizes must be >= 1, got {bad}")
         check_rotary_heads(self.d_model, self.n_heads, self.n_kv_heads, self.dropout)
-        if not 0 <= self.frame_dropout < 1:
-            raise ValueError(f"need 0 <= frame_dropout < 1, got frame_dropout={self.frame_dropout}")
+        if self.duration_loss_weight < 0:
+            raise ValueError(f"need duration_loss_weight >= 0, got {self.duration_loss_weight}")
 
 
-def talker_targets(codes: torch.Tensor, code_lengths: torch.Tensor, codebook_size: int) -> torch.Tensor:
-    """codes (B, F, K), code_lengths (B,) -> targets (B, F + 1, K): the codes before each row's length, END
-    (= codebook_size) at the length, IGNORE_INDEX after it."""
-    B, n_frames, K = codes.shape
-    frame = torch.arange(n_frames + 1, device=codes.device)[None, :, None]
-    length = code_lengths.to(codes.device)[:, None, None]
-    padded = F.pad(codes, (0, 0, 0, 1))
-    targets = torch.where(frame < length, padded, torch.full_like(padded, IGNORE_INDEX))
-    return targets.masked_fill(frame == length, codebook_size)
+@dataclass
+class TalkerOutput:
+    logits: torch.Tensor  # (B, F, K, V)
+    loss: torch.Tensor  # code CE + duration_loss_weight * duration MSE
+    code_loss: torch.Tensor
+    duration_loss: torch.Tensor
+    log_durations: torch.Tensor  # (B, U) predicted log(1 + frames)
 
 
-def talker_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross entropy over every non-ignored (frame, codebook) target; logits (B, F+1, K, V+1)."""
-    return F.cross_entropy(logits.float().flatten(0, 2), targets.flatten(), ignore_index=IGNORE_INDEX)
+def code_accuracy(logits: torch.Tensor, codes: torch.Tensor, code_lengths: torch.Tensor):
+    """(correct (K,), counted) codes as tensors, summed over the batch's valid frames; sum over steps, divide late."""
+    valid = lengths_mask(code_lengths.to(codes.device), codes.shape[1])  # (B, F)
+    correct = ((logits.argmax(-1) == codes) & valid[..., None]).sum(dim=(0, 1))
+    return correct, valid.sum()
 
 
-def code_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(correct, counted) targets as tensors, summed over the batch; sum them over steps and divide at log time."""
-    keep = targets != IGNORE_INDEX
-    return ((logits.argmax(-1) == targets) & keep).sum(), keep.sum()
+class _FrameDecoder(Transformer):
+    """The frame decoder's trunk (a module of its own so its blocks sit under `decoder.` in the state dict)."""
+
+    def __init__(self, cfg: TalkerConfig):
+        super().__init__()
+        self.build_trunk(n_layers=cfg.n_decoder_layers, d_model=cfg.d_model, norm_eps=cfg.norm_eps,
+                         rotary_len=cfg.max_frames, rope_theta=cfg.rope_theta, n_heads=cfg.n_heads,
+                         n_kv_heads=cfg.n_kv_heads, d_ff=cfg.d_ff, causal=False, qk_norm=cfg.qk_norm,
+                         dropout=cfg.dropout)
+
+
+class DurationPredictor(nn.Module):
+    """Unit states (B, U, D) -> predicted log(1 + frames) (B, U); padded units are zeroed before each conv."""
+
+    def __init__(self, d_model: int, dropout: float):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv1d(d_model, d_model, 3, padding=1) for _ in range(2))
+        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(2))
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(d_model, 1)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        keep = mask[..., None].to(h.dtype)
+        for conv, norm in zip(self.convs, self.norms):
+            h = conv((h * keep).transpose(1, 2)).transpose(1, 2)
+            h = self.dropout(norm(F.relu(h)))
+        return self.out(h).squeeze(-1).float()
+
+
+def regulate_lengths(durations: torch.Tensor, n_frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """durations (B, U) -> (unit index of each frame (B, n_frames), index of the frame inside its unit, valid-frame
+    mask (B, n_frames)): the length regulator's gather plan. Frames past a row's total are invalid."""
+    ends = durations.cumsum(dim=1)  # (B, U)
+    frame = torch.arange(n_frames, device=durations.device).expand(durations.shape[0], n_frames).contiguous()
+    unit = torch.searchsorted(ends, frame, right=True).clamp(max=durations.shape[1] - 1)
+    start = (ends - durations).gather(1, unit)
+    return unit, frame - start, frame < ends[:, -1:]
 
 
 class Talker(Transformer):
-    """Text ids -> K-codebook speech codes, one frame per step."""
+    """Text units -> (durations, K-codebook codes); the text encoder is this module's trunk."""
 
     def __init__(self, cfg: TalkerConfig):
         super().__init__()
         self.cfg = cfg
-        V, K = cfg.codebook_size, cfg.n_codebooks
-        self.start_id = self.end_id = V  # input id V = START, output class V = END
-        self.text_embed = nn.Embedding(cfg.text_vocab_size, cfg.d_model)
-        self.code_embed = nn.Embedding(K * (V + 1), cfg.d_model)
-        self.register_buffer("code_offsets", torch.arange(K) * (V + 1), persistent=False)
-        self.build_trunk(n_layers=cfg.n_layers, d_model=cfg.d_model, norm_eps=cfg.norm_eps,
-                         rotary_len=cfg.max_text_len + cfg.max_frames + 1, rope_theta=cfg.rope_theta,
-                         n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, d_ff=cfg.d_ff, causal=True,
-                         qk_norm=cfg.qk_norm, dropout=cfg.dropout)
-        self.heads = nn.Linear(cfg.d_model, K * (V + 1), bias=False)
+        V, K, D = cfg.codebook_size, cfg.n_codebooks, cfg.d_model
+        self.char_embed = nn.Embedding(N_CHAR_IDS, D)
+        self.text_embed = nn.Embedding(cfg.text_vocab_size, D)
+        self.build_trunk(n_layers=cfg.n_layers, d_model=D, norm_eps=cfg.norm_eps, rotary_len=cfg.max_text_len,
+                         rope_theta=cfg.rope_theta, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, d_ff=cfg.d_ff,
+                         causal=False, qk_norm=cfg.qk_norm, dropout=cfg.dropout)
+        self.duration = DurationPredictor(D, cfg.dropout)
+        self.unit_frame_embed = nn.Embedding(cfg.max_unit_frames, D)
+        self.decoder = _FrameDecoder(cfg)
+        # Codebook k's head reads the decoder output plus the embeddings of the frame's codes k' < k.
+        self.code_embed = nn.Embedding(max(1, K - 1) * V, D)
+        self.register_buffer("code_offsets", torch.arange(max(1, K - 1)) * V, persistent=False)
+        self.heads = nn.Linear(D, K * V, bias=False)
         self.init_weights()
 
-    def embed_frames(self, frame_codes: torch.Tensor) -> torch.Tensor:
-        """Input ids (B, F, K) in [0, V] (V = START) -> frame embeddings (B, F, D), the sum over codebooks."""
-        return self.code_embed(frame_codes + self.code_offsets).sum(dim=2)
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """The text encoder's and the frame decoder's (the longer sequence, where the memory goes)."""
+        super().set_gradient_checkpointing(enabled)
+        self.decoder.set_gradient_checkpointing(enabled)
 
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        """h (..., D) -> (..., K, V + 1)."""
-        return self.heads(h).unflatten(-1, (self.cfg.n_codebooks, self.cfg.codebook_size + 1))
+    def _check(self, n_units: int, n_frames: int) -> None:
+        if n_units > self.cfg.max_text_len or n_frames > self.cfg.max_frames:
+            raise ValueError(f"{n_units} text units > max_text_len={self.cfg.max_text_len} or {n_frames} frames > "
+                             f"max_frames={self.cfg.max_frames}")
 
-    def _prefix(self, text_ids: torch.Tensor, text_lengths: torch.Tensor | None, n_frames: int):
-        """Positions (T + n_frames,) or (B, T + n_frames) and key mask (B, T + n_frames) or None for a text
-        prefix (B, T) followed by n_frames speech frames."""
-        B, T = text_ids.shape
-        if T > self.cfg.max_text_len or n_frames > self.cfg.max_frames + 1:
-            raise ValueError(
-                f"text length {T} > max_text_len={self.cfg.max_text_len} or {n_frames} frame positions > "
-                f"max_frames + 1={self.cfg.max_frames + 1}"
-            )
-        pos = torch.arange(T + n_frames, device=text_ids.device)
-        if text_lengths is None:
-            return pos, None
-        text_lengths = text_lengths.to(text_ids.device)
-        # Frame j sits right after the row's real text, at text_length + j, whatever the padding.
-        positions = torch.where(pos < T, pos, pos - T + text_lengths[:, None])
-        mask = torch.cat([lengths_mask(text_lengths, T), pos.new_ones(B, n_frames, dtype=torch.bool)], dim=1)
-        return positions, mask
+    def encode_text(self, chars: torch.Tensor, tokens: torch.Tensor, unit_lengths: torch.Tensor | None):
+        """chars, tokens (B, U) -> (unit states (B, U, D), unit mask (B, U), predicted log(1 + frames) (B, U))."""
+        B, U = chars.shape
+        if unit_lengths is None:
+            unit_lengths = torch.full((B,), U, dtype=torch.long, device=chars.device)
+        mask = lengths_mask(unit_lengths.to(chars.device), U)
+        h, _ = self.run_blocks(self.char_embed(chars) + self.text_embed(tokens), key_padding_mask=mask)
+        return h, mask, self.duration(h, mask)
 
-    def forward(
-        self,
-        text_ids: torch.Tensor,
-        text_lengths: torch.Tensor | None,
-        codes: torch.Tensor,
-        code_lengths: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """text_ids (B, T) right-padded, text_lengths (B,) (None = no padding), codes (B, F, K) in [0, V),
-        code_lengths (B,) (None = F) -> (logits (B, F + 1, K, V + 1), loss).
+    def decode_frames(self, h: torch.Tensor, durations: torch.Tensor, n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit states (B, U, D), durations (B, U) -> (decoder output (B, n_frames, D), valid-frame mask)."""
+        unit, in_unit, valid = regulate_lengths(durations, n_frames)
+        x = h.gather(1, unit[..., None].expand(-1, -1, h.shape[2]))
+        x = x + self.unit_frame_embed(in_unit.clamp(max=self.cfg.max_unit_frames - 1))
+        y, _ = self.decoder.run_blocks(x, key_padding_mask=valid)
+        return y, valid
 
-        Position j of the logits predicts frame j's codes, or END at j = code_length; see `talker_targets` and
-        `code_accuracy` for the targets and the metric.
-        """
-        B, T = text_ids.shape
-        n_frames = codes.shape[1]
-        if code_lengths is None:
-            code_lengths = torch.full((B,), n_frames, dtype=torch.long, device=codes.device)
-        start = codes.new_full((B, 1, self.cfg.n_codebooks), self.start_id)
-        inputs = torch.cat([start, codes], dim=1)  # frame j sees frame j-1's codes
-        if self.training and self.cfg.frame_dropout > 0:
-            hidden = torch.rand(inputs.shape[:2], device=inputs.device) < self.cfg.frame_dropout
-            inputs = inputs.masked_fill(hidden[..., None], self.start_id)
-        frames = self.embed_frames(inputs)
-        x = torch.cat([self.text_embed(text_ids), frames], dim=1)
-        positions, mask = self._prefix(text_ids, text_lengths, n_frames + 1)
-        logits = self._logits(self.run_blocks(x, positions, mask)[0][:, T:])
-        return logits, talker_loss(logits, talker_targets(codes, code_lengths, self.cfg.codebook_size))
+    def _codebook_logits(self, y: torch.Tensor, k: int, codes: torch.Tensor) -> torch.Tensor:
+        """Codebook k's logits (B, F, V) from the decoder output and the frame's codes of codebooks < k (B, F, >= k)."""
+        V = self.cfg.codebook_size
+        if k > 0:
+            y = y + self.code_embed(codes[..., :k] + self.code_offsets[:k]).sum(dim=2)
+        return F.linear(y, self.heads.weight[k * V:(k + 1) * V])
+
+    def forward(self, chars: torch.Tensor, tokens: torch.Tensor, unit_lengths: torch.Tensor | None,
+                durations: torch.Tensor, codes: torch.Tensor, code_lengths: torch.Tensor | None = None) -> TalkerOutput:
+        """chars, tokens (B, U) right-padded, unit_lengths (B,) (None = U), durations (B, U) aligned frames per unit
+        (zero on padding; each row sums to its code length), codes (B, F, K) in [0, V), code_lengths (B,)."""
+        B, n_frames, K = codes.shape
+        self._check(chars.shape[1], n_frames)
+        h, unit_mask, log_dur = self.encode_text(chars, tokens, unit_lengths)
+        y, valid = self.decode_frames(h, durations, n_frames)
+        if code_lengths is not None:
+            valid = valid & lengths_mask(code_lengths.to(codes.device), n_frames)
+        logits = torch.stack([self._codebook_logits(y, k, codes) for k in range(K)], dim=2)  # (B, F, K, V)
+        code_loss = F.cross_entropy(logits.float()[valid].flatten(0, 1), codes[valid].flatten())
+        target = torch.log1p(durations.float())
+        duration_loss = ((log_dur - target) ** 2)[unit_mask].mean()
+        loss = code_loss + self.cfg.duration_loss_weight * duration_loss
+        return TalkerOutput(logits, loss, code_loss.detach(), duration_loss.detach(), log_dur)
+
+    def predict_durations(self, log_durations: torch.Tensor, unit_mask: torch.Tensor, pace: float = 1.0) -> torch.Tensor:
+        """Predicted log(1 + frames) (B, U) -> frames per unit (B, U) (long, 0 on padding), the rows cut to
+        max_frames in total. pace > 1 speaks slower."""
+        frames = (torch.expm1(log_durations) * pace).round().clamp(min=0).long() * unit_mask
+        room = (self.cfg.max_frames - (frames.cumsum(1) - frames)).clamp(min=0)
+        return torch.minimum(frames, room)
 
     @torch.no_grad()
-    def generate(
-        self,
-        text_ids: torch.Tensor,
-        *,
-        text_lengths: torch.Tensor | None = None,
-        max_frames: int,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """text_ids (B, T) (right-padded when text_lengths (B,) is given) -> (codes (B, F, K) in [0, V),
-        lengths (B,)), F <= max_frames. A row ends when codebook 0 predicts END (that frame is not emitted); rows
-        that ended are padded with code 0 and generation stops once all have ended. temperature 0 = greedy.
-        Runs in the module's current mode: call eval() first when dropout > 0."""
-        B, T = text_ids.shape
-        K, V = self.cfg.n_codebooks, self.cfg.codebook_size
-        if not 1 <= max_frames <= self.cfg.max_frames:
-            raise ValueError(f"need 1 <= max_frames <= {self.cfg.max_frames}, got max_frames={max_frames}")
-        positions, mask = self._prefix(text_ids, text_lengths, max_frames + 1)
-        n_in = T + 1  # positions fed so far: the text and the START frame
-        x = torch.cat([self.text_embed(text_ids), self.embed_frames(text_ids.new_full((B, 1, K), self.start_id))], 1)
-        caches = self.make_caches(T + max_frames) if use_cache else None
-        lengths = torch.full((B,), max_frames, dtype=torch.long, device=text_ids.device)
-        finished = torch.zeros(B, dtype=torch.bool, device=text_ids.device)
-        sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-        frames = []
-        for j in range(max_frames):
-            new = x.shape[1] if caches is None else n_in - caches[0].length
-            pos = positions[..., n_in - new : n_in]
-            h, _ = self.run_blocks(x[:, -new:], pos, None if mask is None else mask[:, :n_in], caches)
-            logits = self._logits(h[:, -1])  # (B, K, V + 1)
-            first = sample_next_token(logits[:, 0], **sample)  # END allowed
-            rest = sample_next_token(logits[:, 1:, :V], **sample)  # real codes only
-            ended = (first == self.end_id) & ~finished
-            lengths = torch.where(ended, j, lengths)
-            finished |= ended
-            if bool(finished.all()):
-                break
-            frame = torch.cat([first[:, None], rest], dim=1).masked_fill(finished[:, None], 0)  # (B, K)
-            frames.append(frame)
-            if j + 1 < max_frames:
-                step = self.embed_frames(frame[:, None])
-                x = step if caches is not None else torch.cat([x, step], dim=1)
-                n_in += 1
-        if not frames:
-            return text_ids.new_zeros(B, 0, K), lengths
-        return torch.stack(frames, dim=1), lengths
+    def generate(self, chars: torch.Tensor, tokens: torch.Tensor, *, unit_lengths: torch.Tensor | None = None,
+                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                 generator: torch.Generator | None = None, pace: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """chars, tokens (B, U) (right-padded when unit_lengths is given) -> (codes (B, F, K) in [0, V), lengths
+        (B,)), F <= max_frames; rows past their length are code 0. temperature 0 = greedy. Runs in the module's
+        current mode: call eval() first when dropout > 0."""
+        self._check(chars.shape[1], 0)
+        h, unit_mask, log_dur = self.encode_text(chars, tokens, unit_lengths)
+        durations = self.predict_durations(log_dur, unit_mask, pace)
+        lengths = durations.sum(dim=1)
+        n_frames = int(lengths.max()) if lengths.numel() else 0
+        B, K = chars.shape[0], self.cfg.n_codebooks
+        if n_frames == 0:
+            return chars.new_zeros(B, 0, K), lengths
+        y, valid = self.decode_frames(h, durations, n_frames)
+        codes = chars.new_zeros(B, n_frames, K)
+        for k in range(K):
+            logits = self._codebook_logits(y, k, codes)
+            codes[..., k] = sample_next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                                              generator=generator)
+        return codes.masked_fill(~valid[..., None], 0), lengths

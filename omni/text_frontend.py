@@ -4,7 +4,8 @@
   spaces. Stage B's targets, the CER of every TTS -> ASR check (omni.speech, infer_chat.py --speak) and the
   synthetic speech sentences all go through it, so a reference and a transcript are always compared alike.
   `normalize_transcript_report` also counts the content it removed, for the ASR data's bad-sample check.
-- TTS (`talker_text`, `talker_text_ids`): the text the Talker reads, in Stage D training and at synthesis.
+- TTS (`talker_text`): the text the Talker reads, in Stage D training and at synthesis (omni.alignment makes its
+  units).
 
 Pure functions of the text (no model, no data files), so inference does not import the training-data modules.
 """
@@ -65,8 +66,3 @@ def talker_text(text: str) -> str:
     is removed: digits, emoji and non-Latin letters reach the tokenizer, whose byte fallback encodes any character,
     so unlike the ASR `normalize_transcript` there is no content loss to count."""
     return " ".join(unicodedata.normalize("NFKC", text).lower().split())
-
-
-def talker_text_ids(tokenizer, text: str) -> list[int]:
-    """Talker text prefix: <bos> text <eos>, so the model sees where the text ends and the speech starts."""
-    return tokenizer.encode(talker_text(text), bos=True, eos=True)

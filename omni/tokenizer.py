@@ -186,6 +186,21 @@ class Tokenizer:
         ids = self._sp.encode(text)
         return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
+    def char_tokens(self, text: str) -> list[int]:
+        """The id of the token that covers each character of `text` (len(text) ids): the Talker's per-character view
+        of the Thinker's tokens. Token k covers the characters that decoding ids[:k + 1] adds to decoding ids[:k];
+        decoding (rather than piece surfaces) handles the dummy-prefix space, byte-fallback pieces and
+        normalisation alike. A character no token adds (a space SentencePiece folds into the next piece) takes the
+        next token's id."""
+        ids = self._sp.encode(text)
+        ends = [len(self._sp.decode(ids[: k + 1])) for k in range(len(ids))]
+        out, k = [], 0
+        for i in range(len(text)):
+            while k < len(ids) - 1 and ends[k] <= i:
+                k += 1
+            out.append(ids[k] if ids else self.unk_id)
+        return out
+
     def decode(self, ids, *, skip_special: bool = True) -> str:
         """Text of `ids` (any iterable of ints: list, tensor, array). Special tokens are left out unless
         skip_special=False, which renders the user-defined symbols (<|im_start|>, <image>, ...) as text."""

@@ -174,6 +174,7 @@ def talker(cfg, path: Path, log, *, device, asr=None, vocoder=None, tts_sentence
     """The Talker on its val codes, encoded by the codec beside talker.pt (the one it speaks) into a code cache in
     `cache_dir` (never the run's); with `asr` (a Stage-B run dir or audio_enc.pt) also the TTS->ASR CER/WER of
     omni.speech (the `python -m omni.speech` check) on the first `tts_sentences` val sentences."""
+    from omni.alignment import CtcAligner
     from omni.components import CODEC_FILE, load_stage_model
     from omni.data.resumable import require_usable
     from omni.data.speech_layouts import load_asr_records, source_name
@@ -188,13 +189,15 @@ def talker(cfg, path: Path, log, *, device, asr=None, vocoder=None, tts_sentence
     codec_model, _ = load_stage_model(codec_file, "codec", device)
     tokenizer = Tokenizer.load(saved.tokenizer or path.parent / TOKENIZER_FILE)  # the one it was trained with
     records = load_asr_records(cfg.data.val_manifest, key="talker.data.val_manifest", log=log)
+    aligner = CtcAligner.load(cfg.data.aligner, device)
     val_codes = TalkerCodes(build_code_cache(
-        records, codec=codec_model, codec_file=codec_file, tokenizer=tokenizer, max_text_len=model.cfg.max_text_len,
+        records, codec=codec_model, codec_file=codec_file, aligner=aligner, tokenizer=tokenizer,
+        max_text_len=model.cfg.max_text_len,
         max_frames=model.cfg.max_frames, cache_dir=cache_dir, name="val", device=device, log=log))
     require_usable(val_codes, name=source_name(cfg.data.val_manifest))
 
     def metrics(ev) -> dict:
-        out = evaluation.talker_metrics(ev, val_codes, batch_size=cfg.data.val_batch_size, tokenizer=tokenizer,
+        out = evaluation.talker_metrics(ev, val_codes, batch_size=cfg.data.val_batch_size,
                                         sample_sentences=cfg.data.sample_sentences)
         if asr is not None:
             synth = SpeechSynthesizer(tokenizer, ev.raw_model, codec_model.eval(), Vocoder.load(vocoder, device, log))

@@ -9,12 +9,13 @@ layout Stage B reads feeds these stages too.
 - `random_segments`: the vocoder's (and the codec's) random training crops. They are drawn on the batch's device
   with the global torch RNG inside the training step, never in data workers: the RNG state is checkpointed, so a
   resumed run draws the same crops as an uninterrupted one, for any num_workers.
-- `build_code_cache` / `TalkerCodes`: the Talker trains on the codes of a frozen, trained codec. They are computed
-  once into a cache file that is rebuilt when the codec weights, the tokenizer, the manifest or any audio file
-  (size, mtime) changes (omni.data.fingerprint), so a changed codec or a re-rendered clip never feeds stale codes,
-  and the Talker's data loading reads no audio at all. Utterances that cannot be used
-  (unreadable audio, empty text, too long for the Talker) are kept in the cache as a reason, and the source raises
-  `BadSample` with it, so the training loop counts and reports them like any other bad sample.
+- `build_code_cache` / `TalkerCodes`: the Talker trains on the codes of a frozen, trained codec and on the
+  frames each text unit lasts, from CTC forced alignment with a Stage-B model (omni.alignment). Both are computed
+  once into a cache file that is rebuilt when the codec or aligner weights, the tokenizer, the manifest or any
+  audio file (size, mtime) changes (omni.data.fingerprint), so a changed codec or a re-rendered clip never feeds
+  stale codes or durations, and the Talker's data loading reads no audio at all. Utterances that cannot be used
+  (unreadable audio, empty text, too long for the Talker, no alignment) are kept in the cache as a reason, and the
+  source raises `BadSample` with it, so the training loop counts and reports them like any other bad sample.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from omni.alignment import text_units
 from omni.audio import (
     HOP_LENGTH,
     LOG_MEL_FLOOR,
@@ -34,9 +36,9 @@ from omni.audio import (
 from omni.data import fingerprint
 from omni.data.resumable import BadSample
 from omni.data.speech import AsrSource, load_log_mel, load_waveform
-from omni.text_frontend import talker_text, talker_text_ids
 from omni.torch_io import load as load_file
 from omni.torch_io import save as atomic_save
+from omni.training import faults
 
 SILENCE_LOG_MEL = math.log(LOG_MEL_FLOOR)  # LogMel of digital silence: the pad value that matches zero samples
 
@@ -118,17 +120,18 @@ def code_cache_path(cache_dir: str | Path, name: str) -> Path:
     return Path(cache_dir) / f"{name}.codes.pt"
 
 
-def _code_cache_inputs(records: list[dict], codec_file, tokenizer, n_mels: int, max_text_len: int,
+def _code_cache_inputs(records: list[dict], codec_file, aligner_file, tokenizer, n_mels: int, max_text_len: int,
                        max_frames: int) -> dict:
     """What a code cache depends on (see omni.data.fingerprint): every audio file by size and mtime (a clip
-    re-rendered in place changes its codes), the codec weights and the record list (transcripts included) by
-    hash, the tokenizer, and the limits that decide which records are unusable. A missing audio file is an input
+    re-rendered in place changes its codes), the codec and aligner weights and the record list (transcripts
+    included) by hash, the tokenizer, and the limits that decide which records are unusable. A missing audio file is an input
     too (its record is a bad sample), so the cache is rebuilt when it appears. A record's duration belongs to the
     record list: it decides whether a decoded clip counts as cut short (a bad sample)."""
     records_hash = hashlib.sha256(json.dumps([[str(r["audio"]), r["text"], *_duration(r)] for r in records]).encode())
     return fingerprint.cache_inputs(
         [r["audio"] for r in records], missing_ok=True,
-        codec=fingerprint.file_digest(codec_file), tokenizer=tokenizer.fingerprint,
+        codec=fingerprint.file_digest(codec_file), aligner=fingerprint.file_digest(aligner_file),
+        tokenizer=tokenizer.fingerprint,
         records=records_hash.hexdigest()[:16], n_mels=n_mels, max_text_len=max_text_len, max_frames=max_frames)
 
 
@@ -143,6 +146,7 @@ def build_code_cache(
     *,
     codec,
     codec_file: str | Path,
+    aligner,
     tokenizer,
     max_text_len: int,
     max_frames: int,
@@ -152,41 +156,52 @@ def build_code_cache(
     batch_size: int = 16,
     log=print,
 ) -> Path:
-    """Encode every record once with the frozen `codec` (eval mode): `<cache_dir>/<name>.codes.pt` holding per
-    record the text ids (int32) and codes (F, K) (int16), or the reason it is unusable. Returns the path. The
-    cache is reused while its inputs (`_code_cache_inputs`) are unchanged, else rebuilt in place; `log` says which
-    and why. Call on one process only."""
+    """Encode every record once with the frozen `codec` (eval mode) and align it with `aligner`
+    (omni.alignment.CtcAligner): `<cache_dir>/<name>.codes.pt` holding per record its text units (character and
+    token ids, omni.alignment.text_units), the frames of each unit (int16) and the codes (F, K) (int16), or the
+    reason it is unusable (unreadable audio, empty or too long text, too many frames, no alignment). Returns the
+    path. The cache is reused while its inputs (`_code_cache_inputs`) are unchanged, else rebuilt in place; `log`
+    says which and why. Call on one process only."""
     path = code_cache_path(cache_dir, name)
-    inputs = _code_cache_inputs(records, codec_file, tokenizer, codec.cfg.n_mels, max_text_len, max_frames)
+    inputs = _code_cache_inputs(records, codec_file, aligner.source, tokenizer, codec.cfg.n_mels, max_text_len,
+                                max_frames)
     reason = fingerprint.stale_reason(path, inputs)
     if reason is None:
         log(f"code cache {path}: reused (codec, tokenizer, transcripts and {len(records)} audio files unchanged)")
         return path
-    log(f"encoding {len(records)} utterances with the frozen codec into {path} ({reason})")
-    clips = SpeechClips(records, n_mels=codec.cfg.n_mels)
-    text_ids, codes, reasons = [], [], []
+    log(f"encoding {len(records)} utterances with the frozen codec into {path}, aligned by {aligner.source} "
+        f"({reason})")
+    clips = SpeechClips(records, n_mels=codec.cfg.n_mels, with_wav=True)
+    units, codes, durations, reasons = [], [], [], []
     pending: list[tuple[int, dict]] = []  # (record index, clip) waiting to be encoded as one batch
 
     def flush():
         batch = clips.collate([clip for _, clip in pending])
         out = codec.encode(batch["mel"].to(device), batch["mel_lengths"].to(device)).cpu()
+        n_frames = [math.ceil(clip["mel"].shape[0] / codec.cfg.downsample) for _, clip in pending]
+        aligned = aligner.durations([clip["wav"] for _, clip in pending], [units[i].text for i, _ in pending],
+                                    n_frames, codec.cfg.frame_rate_hz)
         for row, (i, clip) in enumerate(pending):
-            n = math.ceil(clip["mel"].shape[0] / codec.cfg.downsample)
-            if n > max_frames:
-                reasons[i] = f"{clip['audio']}: {n} code frames exceed the Talker's max_frames={max_frames}"
+            if n_frames[row] > max_frames:
+                reasons[i] = f"{clip['audio']}: {n_frames[row]} code frames exceed the Talker's max_frames={max_frames}"
+            elif isinstance(aligned[row], str):
+                reasons[i] = f"{clip['audio']}: {aligned[row]}"
             else:
-                codes[i] = out[row, :n].to(torch.int16)
+                codes[i] = out[row, : n_frames[row]].to(torch.int16)
+                durations[i] = torch.tensor(aligned[row], dtype=torch.int16)
         pending.clear()
+        faults.point("cache")  # no-op unless OMNI_FAULT=cache@n (crash tests): a batch encoded and aligned
 
     for i, record in enumerate(records):
-        ids = talker_text_ids(tokenizer, record["text"])
-        text_ids.append(torch.tensor(ids, dtype=torch.int32))
+        units.append(text_units(tokenizer, record["text"]))
         codes.append(torch.zeros(0, codec.cfg.n_codebooks, dtype=torch.int16))
+        durations.append(torch.zeros(0, dtype=torch.int16))
         reasons.append("")
-        if not talker_text(record["text"]):
+        n_units = len(units[i].chars)
+        if not units[i].text:
             reasons[i] = f"{record['audio']}: empty transcript"
-        elif len(ids) > max_text_len:
-            reasons[i] = f"{record['audio']}: {len(ids)} text tokens exceed the Talker's max_text_len={max_text_len}"
+        elif n_units > max_text_len:
+            reasons[i] = f"{record['audio']}: {n_units} text units exceed the Talker's max_text_len={max_text_len}"
         else:
             try:
                 pending.append((i, clips[i]))
@@ -196,38 +211,47 @@ def build_code_cache(
             flush()
     if pending:
         flush()
-    atomic_save({"text_ids": text_ids, "codes": codes, "bad": reasons}, path)
+    atomic_save({"chars": [torch.tensor(u.chars, dtype=torch.int16) for u in units],
+                 "tokens": [torch.tensor(u.tokens, dtype=torch.int32) for u in units],
+                 "durations": durations, "codes": codes, "bad": reasons}, path)
+    faults.point("cache")  # the cache written, its record not yet: the next start must rebuild it
     fingerprint.record_built(path, inputs)
     return path
 
 
 class TalkerCodes:
-    """Indexable source over a code cache: item -> {"text_ids" (T,), "codes" (F, K)}; see build_code_cache."""
+    """Indexable source over a code cache: item -> {"chars", "tokens", "durations" (U,), "codes" (F, K)}; see
+    build_code_cache."""
 
     def __init__(self, cache_file: str | Path):
         data = load_file(cache_file)
-        self.text_ids, self.codes, self.bad = data["text_ids"], data["codes"], data["bad"]
+        self.chars, self.tokens, self.durations = data["chars"], data["tokens"], data["durations"]
+        self.codes, self.bad = data["codes"], data["bad"]
 
     def __len__(self) -> int:
         return len(self.codes)
 
     @property
     def lengths(self) -> list[int]:
-        """Text tokens + code frames per item (the Talker's sequence length), for length bucketing."""
-        return [len(t) + len(c) for t, c in zip(self.text_ids, self.codes)]
+        """Text units + code frames per item, for length bucketing."""
+        return [len(t) + len(c) for t, c in zip(self.chars, self.codes)]
 
     def __getitem__(self, i: int) -> dict:
         if self.bad[i]:
             raise BadSample(self.bad[i])
-        return {"text_ids": self.text_ids[i].long(), "codes": self.codes[i].long()}
+        return {"chars": self.chars[i].long(), "tokens": self.tokens[i].long(),
+                "durations": self.durations[i].long(), "codes": self.codes[i].long()}
 
     def collate(self, samples: list[dict]) -> dict:
-        """text_ids (B, T) right-padded with 0, text_lengths (B,), codes (B, F, K) padded with 0, code_lengths (B,)."""
-        text_lengths = torch.tensor([len(s["text_ids"]) for s in samples])
+        """chars, tokens, durations (B, U) right-padded with 0, unit_lengths (B,), codes (B, F, K) padded with 0,
+        code_lengths (B,)."""
+        unit_lengths = torch.tensor([len(s["chars"]) for s in samples])
         code_lengths = torch.tensor([len(s["codes"]) for s in samples])
-        text = torch.zeros(len(samples), int(text_lengths.max()), dtype=torch.long)
+        batch = {key: torch.zeros(len(samples), int(unit_lengths.max()), dtype=torch.long)
+                 for key in ("chars", "tokens", "durations")}
         codes = torch.zeros(len(samples), int(code_lengths.max()), samples[0]["codes"].shape[1], dtype=torch.long)
         for i, s in enumerate(samples):
-            text[i, : len(s["text_ids"])] = s["text_ids"]
+            for key in ("chars", "tokens", "durations"):
+                batch[key][i, : len(s[key])] = s[key]
             codes[i, : len(s["codes"])] = s["codes"]
-        return {"text_ids": text, "text_lengths": text_lengths, "codes": codes, "code_lengths": code_lengths}
+        return {**batch, "unit_lengths": unit_lengths, "codes": codes, "code_lengths": code_lengths}
