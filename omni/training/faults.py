@@ -4,6 +4,9 @@
         step        inside an optimizer step: parameters updated, the step not yet counted
         eval        inside an evaluation: metrics computed, not yet recorded (RNG forked, model in eval mode)
         checkpoint  inside a checkpoint write: the temporary file written, not yet renamed over the target
+        cache       inside omni.data.tts.build_code_cache: after each encoded and aligned batch, and between
+                    writing the cache and recording its inputs (Stage D only, so not in POINTS, the points
+                    scripts/chaos.py expects every stage to reach)
     OMNI_FAULT=<point>@<n>:term   sends SIGTERM instead (a polite stop: finish the step, checkpoint, exit 0), to the
         whole process group when the process leads one (started with setsid / start_new_session, so its DataLoader
         workers get it too, as with Ctrl-C or Slurm), else to the process alone.
