@@ -18,7 +18,9 @@ question, the placeholders expanded to the encoders' token counts), images throu
 through `load_audio` (any rate -> 16 kHz) + `LogMel`. Generation uses the Thinker's KV cache and stops at
 <|im_end|>; --temperature 0 is greedy. --ocr runs the OCR model on a text-line image and puts its reading into the
 question (`Text in the image: "..."`). The answer goes to stdout; with --speak also `speech: ...` lines (the WAV
-written and, when an ASR model is at hand, its transcript and CER). Logs go to stderr. Loading, prompts,
+written, with the time to first audio, and, when an ASR model is at hand, its transcript and CER). The WAV is
+written as the speech is made: each chunk of SpeechSynthesizer.stream (0.5 s) is appended and flushed when it is
+ready, so a player can start on the file before the answer is fully spoken. Logs go to stderr. Loading, prompts,
 generation and speech are omni.chat_session.ChatSession's, which the browser chat (app.py) uses too.
 """
 
@@ -33,6 +35,7 @@ from omni.audio import SAMPLE_RATE
 from omni.chat_session import GRIFFIN_LIM, ChatSession
 from omni.components import SFT_WEIGHTS_FILE
 from omni.errors import UserError
+from omni.speech import write_stream
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--omni_ckpt", help=f"Stage-E run dir or {SFT_WEIGHTS_FILE}")
@@ -103,10 +106,11 @@ generator = torch.Generator(device).manual_seed(args.seed)
 
 
 def speak(text: str) -> None:
-    wav, vocoder = session.speak(text, GRIFFIN_LIM if args.griffin_lim else None)
+    chunks, vocoder = session.speak_stream(text, GRIFFIN_LIM if args.griffin_lim else None)
     Path(args.speak).parent.mkdir(parents=True, exist_ok=True)
-    sf.write(args.speak, wav.numpy(), SAMPLE_RATE, subtype="PCM_16")
-    print(f"speech: wrote {args.speak} ({wav.shape[0] / SAMPLE_RATE:.2f} s, {vocoder})", flush=True)
+    samples, first = write_stream(chunks, args.speak)  # the file grows chunk by chunk as the speech is made
+    ttfa = "no audio" if first is None else f"first audio after {first:.3f} s"
+    print(f"speech: wrote {args.speak} ({samples / SAMPLE_RATE:.2f} s, {vocoder}; {ttfa})", flush=True)
     written, _ = sf.read(args.speak, dtype="float32")  # the check hears the 16-bit file, as a listener would
     heard = session.hear(torch.from_numpy(written), text)
     if heard is None:

@@ -24,7 +24,7 @@ Design choices
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,11 +256,21 @@ class ChatSession:
     def speak(self, text: str, vocoder: str | None = None) -> tuple[torch.Tensor, str]:
         """text -> (waveform (N,) float32 at omni.audio.SAMPLE_RATE, the vocoder's name); vocoder: HIFIGAN,
         GRIFFIN_LIM or None (the default: HiFi-GAN when there is one)."""
+        synth, name = self._synth(vocoder)
+        return synth.synthesize(text), name
+
+    def speak_stream(self, text: str, vocoder: str | None = None) -> tuple[Iterator[torch.Tensor], str]:
+        """`speak` chunk by chunk: (a lazy iterator of waveform chunks (n,) float32 at omni.audio.SAMPLE_RATE, each
+        made when it is asked for (omni.speech.SpeechSynthesizer.stream), the vocoder's name)."""
+        synth, name = self._synth(vocoder)
+        return synth.stream(text), name
+
+    def _synth(self, vocoder: str | None) -> tuple[SpeechSynthesizer, str]:
         self._require("speak")
         name = vocoder or self.vocoders[0]
         if name not in self.synths:
             raise InvalidInput(f"vocoder {name!r}: this model has {self.vocoders}")
-        return self.synths[name].synthesize(text), name
+        return self.synths[name], name
 
     def hear(self, wav: torch.Tensor, text: str) -> tuple[str, str, float] | None:
         """The ASR check of spoken `text`: (what the ASR heard, the normalised text, CER), None without ASR."""

@@ -16,6 +16,13 @@ Design choices
   unfinished vocoder run never yields a randomly initialised generator: only the final weights file counts.
 - Decoding is greedy by default (deterministic, so the CER is reproducible); the Talker may stop early (END) or
   run to a length cap of `max_seconds_per_char` per input character, which bounds an untrained model's babble.
+- `stream` yields the waveform in chunks (default 0.5 s) as they are made; infer_chat.py --speak writes them
+  into the WAV as they come (`write_stream`). The codec decoder and HiFi-GAN are convolutional: each chunk is run
+  with its receptive field (derived from the layers, `decoder_context` / `generator_context`) as context on both
+  sides, so the stream equals `synthesize` to float rounding. Griffin-Lim is iterative over the whole signal, so
+  a chunk cannot get the one-shot phase: each chunk is vocoded with 12 mel frames of context per side and
+  neighbours are crossfaded over 40 ms; its log-mel stays within 0.02 nats of the one-shot's, without clicks.
+  `synthesize` stays the one-shot reference.
 - The CER compares normalised transcripts (omni.text_frontend.normalize_transcript) summed over the corpus.
 - `--phrases MANIFEST` scores the one-word answers too (the records marked "phrase": true, e.g. in the synthetic
   speech sets' train.jsonl: "black", "top left", ...), apart from the sentences: Stage E answers are mostly such
@@ -26,13 +33,18 @@ Design choices
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import soundfile as sf
 import torch
+from torch import nn
 
-from omni.audio import MIN_SAMPLES, SAMPLE_RATE, LogMel
+from omni.audio import HOP_LENGTH, MIN_SAMPLES, SAMPLE_RATE, LogMel
 from omni.components import CODEC_FILE, TALKER_FILE, VOCODER_FILE, load_stage_model
 from omni.ctc import CharVocab, ctc_transcripts
 from omni.data.manifest import read_jsonl
@@ -42,6 +54,10 @@ from omni.metrics import char_error_counts, word_error_counts
 from omni.text_frontend import normalize_transcript, talker_text_ids
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer
 from omni.vocoder import griffin_lim
+
+STREAM_CHUNK_FRAMES = 50  # mel frames (10 ms each) per streamed chunk: 0.5 s of audio
+GL_CONTEXT_FRAMES = 12  # mel frames of context on each side of a streamed Griffin-Lim window
+GL_FADE_FRAMES = 4  # mel frames over which streamed Griffin-Lim windows are crossfaded
 
 
 class Vocoder:
@@ -123,11 +139,207 @@ class SpeechSynthesizer:
     @torch.no_grad()
     def synthesize(self, text: str) -> torch.Tensor:
         """text -> waveform (N,) float32 on CPU at SAMPLE_RATE, N = 160 x mel frames (empty if the Talker ends at
-        once)."""
+        once). The one-shot reference that `stream` reproduces."""
         mel = self.mel(text)
         if mel.shape[0] == 0:
             return torch.zeros(0)
         return self.vocoder(mel[None])[0].cpu()
+
+    @torch.no_grad()  # on a generator function torch applies it while the generator runs, not between yields
+    def stream(self, text: str, *, chunk_frames: int = STREAM_CHUNK_FRAMES) -> Iterator[torch.Tensor]:
+        """text -> waveform chunks (n,) float32 on CPU at SAMPLE_RATE, each yielded as soon as it is vocoded:
+        `chunk_frames` mel frames (10 ms each) of audio per chunk, the last one shorter or longer (up to the right
+        context; with Griffin-Lim the first is half a crossfade shorter). Nothing is yielded when the Talker ends at
+        once. The codec decoder and HiFi-GAN run chunk by chunk with their receptive fields as context
+        (`decoder_context`, `generator_context`), so the concatenated chunks equal `synthesize(text)` up to float
+        rounding; Griffin-Lim runs on overlapping windows joined by crossfades (`stream_griffin_lim`): the same
+        log-mel as one-shot within a tolerance, not the same samples. The Talker's codes come all at once
+        (`codes`), so the time to first audio is the Talker's time plus one codec and one vocoder window."""
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        codes = self.codes(text)
+        if codes.shape[0] == 0:
+            return
+        if self.vocoder.generator is None:
+            vocoder_right = GL_CONTEXT_FRAMES
+            vocode = functools.partial(stream_griffin_lim, lambda m: self.vocoder(m[None])[0], chunk=chunk_frames)
+        else:
+            context = generator_context(self.vocoder.generator)
+            vocoder_right = context[1]
+            vocode = functools.partial(stream_conv, lambda m: self.vocoder(m[None])[0], chunk=chunk_frames,
+                                       context=context, scale=HOP_LENGTH)
+        # A codec window decodes at least all the mel that a vocoder chunk and its right context need, so the first
+        # audio takes one call of each, and at least as many code frames as its context, so that recomputing the
+        # context at most doubles the decoder's work (it is cheap next to the vocoder; per-call overhead is not).
+        ds, context = self.codec.cfg.downsample, decoder_context(self.codec.decoder)
+        mel = stream_conv(lambda c: self.codec.decode(c[None])[0], [codes], context=context, scale=ds,
+                          chunk=max(-(-(chunk_frames + vocoder_right) // ds), sum(context)))
+        wavs = vocode(mel)
+        for wav in wavs:
+            yield wav.float().cpu()
+
+
+# ---- streaming: chunked convolution with receptive-field context, and windowed Griffin-Lim
+#
+# A convolutional stack's output at one position depends on a bounded span of input around it, its receptive
+# field. Running the stack on a chunk plus that much context on each side therefore gives, in the chunk's own
+# span, what the whole-signal run gives: the zero padding at the window's artificial edges reaches no further in
+# than the context. At the true start and end of the signal the window edges are the signal's edges, as in one
+# shot. The codec decoder's masking past each row's length is a no-op for one unpadded row, in both runs.
+#
+# The receptive fields are derived from the layers' kernel sizes, dilations, paddings and strides, walked in the
+# order the modules' forward() applies them (not measured): tests/test_speech_stream.py checks them against an
+# impulse probe. Reaches are in input frames; a layer after an upsampling by `scale` reaches scale times fewer
+# input frames; layers in series add up, parallel branches (HiFi-GAN's MRF blocks) take the widest.
+
+
+def _conv_reach(conv: nn.Module, scale: int) -> tuple[float, float]:
+    """(left, right) reach of one Conv1d (stride 1) or ConvTranspose1d, in frames of the stack's input when the
+    layer runs at `scale` samples per input frame. Conv1d output n sees inputs n - p + d*j (j < k); ConvTranspose1d
+    output n sees inputs m with s*m - p + d*j = n, i.e. (n + p - d*j) / s, around n / s."""
+    k, d, p, s = conv.kernel_size[0], conv.dilation[0], conv.padding[0], conv.stride[0]
+    if isinstance(conv, nn.ConvTranspose1d):
+        return (d * (k - 1) - p) / s / scale, p / s / scale
+    if not isinstance(conv, nn.Conv1d) or s != 1:
+        raise TypeError(f"no receptive-field rule for {conv}")
+    return p / scale, (d * (k - 1) - p) / scale
+
+
+def _series(*reaches: tuple[float, float]) -> tuple[float, float]:
+    return sum(r[0] for r in reaches), sum(r[1] for r in reaches)
+
+
+def _parallel(*reaches: tuple[float, float]) -> tuple[float, float]:
+    return max(r[0] for r in reaches), max(r[1] for r in reaches)
+
+
+def _context_frames(reach: tuple[float, float]) -> tuple[int, int]:
+    # +1: positions at the upsampled rates fall between input frames, so a fractional reach can touch one more.
+    return math.ceil(reach[0]) + 1, math.ceil(reach[1]) + 1
+
+
+def decoder_context(decoder: nn.Module) -> tuple[int, int]:
+    """(left, right) code frames of context that omni.codec.Decoder needs: stem, then per level an upsampling
+    ConvTranspose1d and a residual unit (dilated conv, 1x1 proj; the skip adds no reach), then the output conv."""
+    reaches, scale = [_conv_reach(decoder.stem, 1)], 1
+    for up, res in zip(decoder.up, decoder.res):
+        reaches.append(_conv_reach(up, scale))
+        scale *= up.stride[0]
+        reaches += [_conv_reach(res.conv, scale), _conv_reach(res.proj, scale)]
+    reaches.append(_conv_reach(decoder.out, scale))
+    return _context_frames(_series(*reaches))
+
+
+def generator_context(generator: nn.Module) -> tuple[int, int]:
+    """(left, right) mel frames of context that omni.vocoder.Generator (HiFi-GAN) needs: conv_pre, then per
+    upsampling a ConvTranspose1d and an MRF (parallel residual blocks, each a series of dilated + plain convs),
+    then conv_post."""
+    reaches, scale = [_conv_reach(generator.conv_pre, 1)], 1
+    for up, mrf in zip(generator.ups, generator.mrfs):
+        reaches.append(_conv_reach(up, scale))
+        scale *= up.stride[0]
+        reaches.append(_parallel(*(_series(*(_conv_reach(c, scale) for pair in zip(block.dilated, block.plain)
+                                             for c in pair)) for block in mrf)))
+    reaches.append(_conv_reach(generator.conv_post, scale))
+    return _context_frames(_series(*reaches))
+
+
+class _FrameBuffer:
+    """Frames (T, ...) arriving in pieces: the frames from `start` on are kept, indexed by their absolute position."""
+
+    def __init__(self):
+        self.frames: torch.Tensor | None = None
+        self.start = self.end = 0
+
+    def append(self, piece: torch.Tensor) -> None:
+        self.frames = piece if self.frames is None else torch.cat([self.frames, piece])
+        self.end += piece.shape[0]
+
+    def window(self, a: int, b: int) -> torch.Tensor:
+        """Frames [a, b) (absolute; a >= start)."""
+        return self.frames[a - self.start : b - self.start]
+
+    def drop_before(self, a: int) -> None:
+        if a > self.start:
+            self.frames, self.start = self.frames[a - self.start :], a
+
+
+def stream_conv(fn: Callable[[torch.Tensor], torch.Tensor], pieces: Iterable[torch.Tensor], *, chunk: int,
+                context: tuple[int, int], scale: int) -> Iterator[torch.Tensor]:
+    """fn maps frames (T, ...) to (T * scale, ...) convolutionally with a receptive field within `context` =
+    (left, right) frames. Applied to the concatenation of `pieces` `chunk` frames at a time, each window with its
+    context, yielding each chunk's output as soon as its right context has arrived: the concatenated output is
+    fn(concatenated pieces) up to float rounding."""
+    left, right = context
+    buf, done = _FrameBuffer(), 0
+    for piece in pieces:
+        buf.append(piece)
+        while buf.end - done >= chunk + right:
+            start = max(0, done - left)
+            out = fn(buf.window(start, done + chunk + right))
+            yield out[(done - start) * scale : (done - start + chunk) * scale]
+            done += chunk
+            buf.drop_before(done - left)
+    if buf.end > done:  # the rest (< chunk + right frames), its window ending where the signal does
+        start = max(0, done - left)
+        yield fn(buf.window(start, buf.end))[(done - start) * scale :]
+
+
+def stream_griffin_lim(vocode: Callable[[torch.Tensor], torch.Tensor], pieces: Iterable[torch.Tensor], *,
+                       chunk: int, context: int = GL_CONTEXT_FRAMES,
+                       fade: int = GL_FADE_FRAMES) -> Iterator[torch.Tensor]:
+    """Griffin-Lim over mel `pieces` (T, n_mels) -> waveform chunks, `chunk` frames at a time. Griffin-Lim
+    iterates over the whole signal from zero phase, so no window reproduces the one-shot phase; instead each chunk
+    is vocoded with `context` mel frames on each side (its edges are then consistent spectrogram frames, not
+    truncated ones) and neighbouring windows are crossfaded over `fade` frames centred on their boundary (raised
+    cosine; a window that comes out in opposite polarity to its neighbour in the fade, which Griffin-Lim cannot
+    tell apart, is flipped first, so the fade never cancels). The log-mel matches the one-shot's within the
+    tolerance tests/test_speech_stream.py states, and the joins are continuous."""
+    hop = HOP_LENGTH
+    buf, done, tail = _FrameBuffer(), 0, None  # tail: the previous window's samples over the next fade zone
+    half = min(fade, chunk, 2 * context) * hop // 2  # zones stay apart and inside both windows
+
+    def window(last: bool) -> torch.Tensor:
+        nonlocal done, tail
+        start, stop = max(0, done - context), min(buf.end, done + chunk + context)
+        wav = vocode(buf.window(start, stop))
+        offset = start * hop  # sample index of wav[0]
+        head = done * hop - (half if tail is not None else 0)  # first sample to emit
+        out = wav[head - offset : (buf.end if last else done + chunk) * hop - (0 if last else half) - offset]
+        if tail is not None:
+            fresh = out[: 2 * half]
+            if (fresh * tail).sum() < 0:
+                wav, out, fresh = -wav, -out, -fresh
+            ramp = 0.5 - 0.5 * torch.cos(torch.linspace(0, math.pi, 2 * half + 2, device=wav.device)[1:-1])
+            out = torch.cat([tail + ramp * (fresh - tail), out[2 * half :]])
+        end = (done + chunk) * hop
+        tail = None if last else wav[end - half - offset : end + half - offset]
+        done = buf.end if last else done + chunk
+        buf.drop_before(done - context)
+        return out
+
+    for piece in pieces:
+        buf.append(piece)
+        while buf.end - done >= chunk + context + 1:  # + 1: this window does not reach the end
+            yield window(last=False)
+    while buf.end > done:  # the window that reaches the end is the last (up to chunk + context frames)
+        yield window(last=done + chunk + context >= buf.end)
+
+
+def write_stream(chunks: Iterable[torch.Tensor], path: str | Path) -> tuple[int, float | None]:
+    """Write waveform chunks (n,) at SAMPLE_RATE into a 16-bit WAV as they arrive (each flushed, so the file grows
+    while later chunks are still being made) -> (samples written, seconds from the call to the first chunk on
+    disk, None when there was none). `chunks` should be lazy (SpeechSynthesizer.stream), so that the time to the
+    first chunk is the time to first audio."""
+    start, first, samples = time.perf_counter(), None, 0
+    with sf.SoundFile(path, "w", samplerate=SAMPLE_RATE, channels=1, subtype="PCM_16") as out:
+        for chunk in chunks:
+            out.write(chunk.numpy())
+            out.flush()
+            samples += chunk.shape[0]
+            if first is None:
+                first = time.perf_counter() - start
+    return samples, first
 
 
 class Transcriber:

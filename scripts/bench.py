@@ -16,8 +16,9 @@ path train_text.py uses, in the main process; with train.num_workers > 0 it over
 and greedy generation tokens/s with and without the KV cache.
 Resume: time from a fresh ResumableDataset positioned at sample 10^6 (of a 2 x 10^6-item source) to its first batch
 in hand, plain and length-bucketed, next to the same at sample 0 (equal times = O(1) in the skipped samples).
-TTS: real-time factor of omni.speech synthesize on CPU (compute seconds per second of audio), with demo
-checkpoints when present, else randomly initialised tiny models (the output says which).
+TTS: real-time factor of omni.speech synthesize on CPU (compute seconds per second of audio), one-shot and
+streamed (SpeechSynthesizer.stream, with its time to first audio), with demo checkpoints when present, else
+randomly initialised tiny models (the output says which).
 """
 
 import argparse
@@ -222,7 +223,9 @@ class _ByteIds:
 
 def bench_tts() -> dict:
     """Real-time factor of omni.speech synthesize on CPU: compute seconds per second of audio (< 1 = faster than
-    real time), split into Talker + codec decoder and vocoder, for HiFi-GAN and for the Griffin-Lim fallback. Uses
+    real time), split into Talker + codec decoder and vocoder, for HiFi-GAN and for the Griffin-Lim fallback; and
+    of the streaming path (SpeechSynthesizer.stream, default 0.5 s chunks) with its time to first audio (text in to
+    the first chunk out, Talker included; mean over the sentences). Uses
     the demo checkpoints when they exist, else randomly initialised models of configs/*_tiny.json (which babble to
     the length cap, so the audio is longer; the time per second of audio is what is measured)."""
     from omni.codec import Codec
@@ -239,7 +242,10 @@ def bench_tts() -> dict:
         torch.manual_seed(0)  # the same random models every time, so the same babble length
         stage = load_config_file(TalkerStage, "configs/talker_tiny.json")
         vocoder = Generator(load_config_file(VocoderStage, "configs/vocoder_tiny.json").model).eval()
-        synth = SpeechSynthesizer(_ByteIds(stage.talker.model.text_vocab_size), Talker(stage.talker.model).eval(),
+        talker = Talker(stage.talker.model).eval()
+        with torch.no_grad():  # a fresh duration head says ~0 frames (no audio): ~1 frame (80 ms) per character
+            talker.duration.out.bias.fill_(np.log1p(1.0))
+        synth = SpeechSynthesizer(_ByteIds(stage.talker.model.text_vocab_size), talker,
                                   Codec(stage.codec.model).eval(), Vocoder(vocoder))
         source = "randomly initialised configs/talker_tiny.json + configs/vocoder_tiny.json (no demo checkpoints)"
     hifigan, fallback = synth.vocoder, Vocoder()
@@ -260,10 +266,25 @@ def bench_tts() -> dict:
         audio_s += wav.shape[-1] / 16000
     if audio_s == 0:
         return {"stage": "TTS synthesize", "source": source, "audio_seconds": 0.0}
+    streamed = {}
+    for name, vocoder in (("hifigan", hifigan), ("griffin_lim", fallback)):
+        streamer = SpeechSynthesizer(synth.tokenizer, synth.talker, synth.codec, vocoder)
+        streamer.codes = synth.codes  # the same Talker call as above (its options included)
+        list(streamer.stream(TTS_SENTENCES[0]))  # warm-up (the chunk shapes are new to the conv kernels)
+        first_s = total_s = 0.0
+        for text in TTS_SENTENCES:
+            start, first = time.perf_counter(), None
+            for _ in streamer.stream(text):
+                first = time.perf_counter() - start if first is None else first
+            total_s += time.perf_counter() - start
+            first_s += first or 0.0
+        streamed[f"stream_ttfa_s_{name}"] = first_s / len(TTS_SENTENCES)
+        streamed[f"stream_rtf_{name}"] = total_s / audio_s
     return {"stage": "TTS synthesize", "source": source, "device": "cpu", "threads": torch.get_num_threads(),
             "audio_seconds": audio_s, "rtf_hifigan": (mel_s + hifigan_s) / audio_s,
             "rtf_griffin_lim": (mel_s + gl_s) / audio_s, "rtf_talker_and_codec": mel_s / audio_s,
-            "rtf_hifigan_vocoder_only": hifigan_s / audio_s, "rtf_griffin_lim_vocoder_only": gl_s / audio_s}
+            "rtf_hifigan_vocoder_only": hifigan_s / audio_s, "rtf_griffin_lim_vocoder_only": gl_s / audio_s,
+            **streamed}
 
 
 def fmt(value, spec: str = ",.1f") -> str:
