@@ -32,7 +32,7 @@ import soundfile as sf
 import torch
 
 from omni.audio import SAMPLE_RATE
-from omni.chat_session import GRIFFIN_LIM, ChatSession
+from omni.chat_session import GRIFFIN_LIM, HIFIGAN, ChatSession
 from omni.components import SFT_WEIGHTS_FILE
 from omni.errors import UserError
 from omni.speech import write_stream
@@ -49,8 +49,10 @@ parser.add_argument("--ocr_ckpt", help="OCR run dir or ocr.pt (needed for --ocr)
 parser.add_argument("--talker_ckpt", help="Stage-D run dir: talker.pt, rvq_codec.pt (needed for --speak)")
 parser.add_argument("--vocoder_ckpt", help="vocoder run dir or hifigan.pt (missing: Griffin-Lim)")
 parser.add_argument("--griffin_lim", action="store_true",
-                    help="speak with Griffin-Lim even when HiFi-GAN weights are there (an under-trained HiFi-GAN, "
-                         "like the CPU demo's, is less intelligible)")
+                    help="speak with Griffin-Lim even when the vocoder run's verdict (vocoder_judge.json: held-out "
+                         "ASR CER of both) favours HiFi-GAN")
+parser.add_argument("--hifigan", action="store_true",
+                    help="speak with HiFi-GAN even when the vocoder run's verdict favours Griffin-Lim")
 parser.add_argument("--asr_ckpt", help="ASR for the --speak check (default: the audio encoder's CTC head)")
 parser.add_argument("--text", help="one-shot question (without it: interactive, one turn per stdin line)")
 parser.add_argument("--image", help="image file to ask about")
@@ -69,6 +71,8 @@ if (args.omni_ckpt is None) == (args.model_dir is None):
 for flag in ("image", "audio", "ocr"):
     if getattr(args, flag) and not Path(getattr(args, flag)).is_file():
         parser.exit(1, f"infer_chat.py: error: --{flag} {getattr(args, flag)}: no such file\n")
+if args.griffin_lim and args.hifigan:
+    parser.error("give at most one of --griffin_lim and --hifigan")
 device = torch.device(args.device)
 
 
@@ -106,7 +110,8 @@ generator = torch.Generator(device).manual_seed(args.seed)
 
 
 def speak(text: str) -> None:
-    chunks, vocoder = session.speak_stream(text, GRIFFIN_LIM if args.griffin_lim else None)
+    chunks, vocoder = session.speak_stream(text, GRIFFIN_LIM if args.griffin_lim else HIFIGAN if args.hifigan
+                                           else None)
     Path(args.speak).parent.mkdir(parents=True, exist_ok=True)
     samples, first = write_stream(chunks, args.speak)  # the file grows chunk by chunk as the speech is made
     ttfa = "no audio" if first is None else f"first audio after {first:.3f} s"

@@ -10,34 +10,45 @@ discriminators untouched (Parallel WaveGAN-style pre-training, Yamamoto et al. 2
 generator steps, and on a CPU budget the mel loss is what makes speech out of noise.
 
 Training sees random crops of data.segment_frames mel frames and the matching waveform samples. The crops are drawn
-in the training step from the checkpointed global RNG, so a killed-and-rerun run draws the same crops. Metric on
-the held-out clips (whole utterances): the mel-L1 between each clip's log-mel and the log-mel of the audio the
-generator makes from it; the Griffin-Lim fallback is scored on the same mels for comparison.
+in the training step from the checkpointed global RNG, so a killed-and-rerun run draws the same crops.
+
+Judged on the held-out clips (whole utterances), HiFi-GAN and the Griffin-Lim fallback on the same real mels
+(omni.evaluation.vocoder_metrics): mel-L1 (the run's best-checkpoint metric; it favours Griffin-Lim by
+construction), the multi-resolution STFT distance to the real waveform, the CER of a Stage-B ASR model on the
+vocoded audio when `data.asr` names one, and the real-time factor (logged). At the end the verdict
+(omni.vocoder.judge_vocoders: ASR CER when measured, else MR-STFT) goes into hifigan.pt (key "judge", which the
+export copies and omni.speech.Vocoder.load follows) and, with every number, into vocoder_judge.json beside it.
 
 Single process only: the discriminators run outside the model's (DDP) forward, so DDP would not synchronise
 their gradients. Rerunning the same command resumes. Final weights: <save_dir>/hifigan.pt =
-{"model": generator state dict, "config": VocoderConfig} (generator only; the discriminators and both optimizers
-stay in the step checkpoints).
+{"model": generator state dict, "config": VocoderConfig, "judge": {"choice", "criterion", "reason"}} (generator
+only; the discriminators and both optimizers stay in the step checkpoints).
 """
 
+import json
 import sys
 
 import torch
 
 from omni import evaluation
+from omni.atomic import atomic_write_text
 from omni.builders import build_vocoder
 from omni.components import vocoder_weights
 from omni.config import load_config
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.data.speech_layouts import load_asr_records, source_name
 from omni.data.tts import SpeechClips, random_segments
+from omni.errors import UserError
 from omni.stages import VocoderStage
+from omni.torch_io import write_error
 from omni.training import Run
+from omni.training.checkpoint import forked_rng
 from omni.vocoder import (
     discriminator_loss,
     feature_matching_loss,
     frozen,
     generator_adversarial_loss,
+    judge_vocoders,
     mel_l1_loss,
 )
 
@@ -52,7 +63,7 @@ val_records = val_records[: cfg.data.val_utterances]
 train_records = load_asr_records(cfg.data.train_manifest, key="data.train_manifest", log=run.info)
 train_set = ResumableDataset(SpeechClips(train_records, n_mels=cfg.model.n_mels, with_wav=True),
                              batch_size=cfg.train.batch_size, seed=cfg.train.seed)
-val_source = SpeechClips(val_records, n_mels=cfg.model.n_mels)
+val_source = SpeechClips(val_records, n_mels=cfg.model.n_mels, with_wav=True)  # the waveform: MR-STFT, ASR ceiling
 require_usable(val_source, name=source_name(cfg.data.val_manifest))  # before any step, not at the first evaluation
 run.info(f"data: {len(train_set)} training clips (random {cfg.data.segment_frames}-frame crops), "
          f"{len(val_source)} validation clips")
@@ -60,12 +71,22 @@ run.info(f"data: {len(train_set)} training clips (random {cfg.data.segment_frame
 # ---- model: one module holds generator + discriminators; one optimizer per player
 built = build_vocoder(cfg)
 model = run.setup(built.model, built.optimizers(), train_set)
-griffin_lim_l1: dict[str, float] = {}  # per validation clip; deterministic, so computed once per process
+asr = None
+if cfg.data.asr:  # before any step: a bad path fails now, not at the first evaluation
+    from omni.speech import Transcriber
+
+    with forked_rng(run.device):  # building the model draws from the RNG that a resume restored: leave it be
+        asr = Transcriber.load(cfg.data.asr, run.device)
+    run.info(f"asr: {cfg.data.asr} transcribes the vocoded held-out clips (ASR CER judges the vocoders)")
+else:
+    run.info("asr: none (data.asr): the vocoders are judged by MR-STFT distance, not by what an ASR hears")
+griffin_lim_scores: dict[str, dict] = {}  # per validation clip; deterministic, so computed once per process
+timing: dict = {}  # the newest evaluation's real-time factors (wall clock: kept out of the metrics)
 
 
 def evaluate() -> dict:
     return evaluation.vocoder_metrics(run, val_source, griffin_lim_iters=cfg.data.griffin_lim_iters,
-                                      griffin_lim_cache=griffin_lim_l1)
+                                      griffin_lim_cache=griffin_lim_scores, asr=asr, timing=timing)
 
 
 # ---- loop: one GAN step as in HiFi-GAN's train.py: the discriminators step on real vs the detached fake, then
@@ -111,6 +132,25 @@ for batch in run.batches(train_set):
 if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning the same command resumes
     sys.exit(0)
 
-# ---- save: the generator only; the discriminators and optimizers stay in the step checkpoints
-metrics = run.finish(evaluate, final_weights=vocoder_weights(run.raw_model.generator, cfg.model))
+# ---- save: the generator only, with the verdict; the discriminators and optimizers stay in the step checkpoints.
+# The verdict needs the final step's metrics, which Run.finish would compute itself: evaluate first (as finish
+# does, only when this step has none: a rerun of a finished run reuses the checkpointed ones).
+if run.last_eval is None or run.last_eval["step"] != run.step:
+    run.evaluate(evaluate)
+judge = judge_vocoders(run.last_eval["metrics"], clips=len(val_source))
+metrics = run.finish(evaluate, final_weights=vocoder_weights(run.raw_model.generator, cfg.model, judge=judge))
+if run.is_main:
+    names = {"hifigan": "", "griffin-lim": "_griffin_lim"}
+    report = {**judge, "step": run.step, "clips": len(val_source), "asr": cfg.data.asr,
+              "asr_cer_real_audio": metrics.get("val_asr_cer_real"),
+              **{name: {key: metrics.get(f"val_{key}{suffix}") for key in ("asr_cer", "mr_stft", "mel_l1")}
+                 | {"rtf": timing.get("rtf", {}).get(name)} for name, suffix in names.items()},
+              "rtf_note": f"compute seconds per second of audio on {run.device.type}, at this process's last "
+                          "evaluation (null: none ran, the run was already finished)"}
+    try:
+        atomic_write_text(run.run_dir / "vocoder_judge.json", json.dumps(report, indent=2) + "\n")
+    except OSError as e:  # hifigan.pt (with the verdict) is written; only the report is missing
+        raise UserError(f"{write_error(run.run_dir / 'vocoder_judge.json', e)}; rerun to write it again") from e
+    run.info(f"vocoder verdict: {judge['reason']} ({run.run_dir / 'vocoder_judge.json'})")
 print(f"val_mel_l1 {metrics['val_mel_l1']:.4f} griffin_lim {metrics['val_mel_l1_griffin_lim']:.4f}")
+print(f"vocoder verdict: {judge['reason']}")

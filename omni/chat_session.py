@@ -16,8 +16,9 @@ Design choices
   `image_to_tensor`, audio through `load_audio` (any rate -> 16 kHz) + `LogMel`, OCR lines through `line_to_tensor`.
 - Generation uses the Thinker's KV cache and stops at <|im_end|>; temperature 0 is greedy. The answer budget is
   cut to what the Thinker's max_seq_len leaves (a prompt that fills it is an InvalidInput, not a crash).
-- Speech: the Talker + codec with HiFi-GAN when the weights have one, or Griffin-Lim on request (both share the
-  Talker and codec; only the last step differs).
+- Speech: the Talker + codec with the vocoder the vocoder run's verdict favours (omni.speech.Vocoder.judged:
+  HiFi-GAN or Griffin-Lim, by held-out ASR CER; HiFi-GAN for runs without a verdict), or the other on request
+  (both share the Talker and codec; only the last step differs).
 - Every problem a user can cause (missing part, unreadable file, prompt too long) raises an omni.errors.UserError
   with one clear message; callers show it (the CLI as `infer_chat.py: error: ...`, the app in the page).
 """
@@ -94,7 +95,10 @@ class ChatSession:
         # One synthesizer per vocoder; they share the Talker and codec (nothing is copied).
         self.synths: dict[str, SpeechSynthesizer] = {}
         if synth is not None:
-            self.synths = {synth.vocoder.name: synth}
+            self.synths = {synth.vocoder.name: synth}  # the first is the default: the vocoder run's verdict
+            if synth.vocoder.passed_over is not None:  # HiFi-GAN, ranked below Griffin-Lim: still on offer
+                self.synths[HIFIGAN] = SpeechSynthesizer(synth.tokenizer, synth.talker, synth.codec,
+                                                         Vocoder(synth.vocoder.passed_over))
             self.synths.setdefault(GRIFFIN_LIM, SpeechSynthesizer(synth.tokenizer, synth.talker, synth.codec,
                                                                   Vocoder()))
         has_vision = model.vision_encoder is not None
@@ -133,8 +137,9 @@ class ChatSession:
         if "ocr" in present:
             ocr, ocr_vocab, ocr_max_width = m.ocr, sections["ocr"]["vocab"], sections["ocr"].get("max_width")
         if "talker" in present and "codec" in present:
-            synth = SpeechSynthesizer(m.tokenizer, m.talker, m.codec,
-                                      Vocoder(m.vocoder if "vocoder" in present else None))
+            synth = SpeechSynthesizer(m.tokenizer, m.talker, m.codec, Vocoder.judged(
+                m.vocoder, sections["vocoder"].get("judge"), source=f"{model_dir}/config.json", log=log)
+                if "vocoder" in present else Vocoder())
         if asr_ckpt:
             asr = Transcriber.load(asr_ckpt, device)
         elif "audio_encoder" in present:
@@ -187,8 +192,9 @@ class ChatSession:
 
     @property
     def vocoders(self) -> list[str]:
-        """The vocoder choices for speech, the default (HiFi-GAN when the weights have one) first; [] = no speech."""
-        return sorted(self.synths, key=lambda name: name != HIFIGAN)
+        """The vocoder choices for speech, the default (the one the vocoder run's verdict favours, see
+        omni.speech.Vocoder.judged) first; [] = no speech."""
+        return list(self.synths)
 
     def lacks(self, what: str) -> str | None:
         """None when the model can take `what` ("image", "audio", "ocr", "speak"), else what it would need."""
@@ -255,7 +261,7 @@ class ChatSession:
 
     def speak(self, text: str, vocoder: str | None = None) -> tuple[torch.Tensor, str]:
         """text -> (waveform (N,) float32 at omni.audio.SAMPLE_RATE, the vocoder's name); vocoder: HIFIGAN,
-        GRIFFIN_LIM or None (the default: HiFi-GAN when there is one)."""
+        GRIFFIN_LIM or None (the default: the vocoder run's verdict, see `vocoders`)."""
         synth, name = self._synth(vocoder)
         return synth.synthesize(text), name
 

@@ -12,7 +12,8 @@ export, inference, speech, Stage C's frozen Thinker, Stage E's starting weights)
                    ContrastiveConfig (the ViT's is config["vision"]), "labels", "tokenizer", "thinker"}
     rvq_codec.pt  {"model": Codec state, "config": CodecConfig}
     talker.pt     {"model": Talker state, "config": TalkerConfig, "tokenizer": file, "codec": "rvq_codec.pt"}
-    hifigan.pt    {"model": generator state, "config": VocoderConfig}
+    hifigan.pt    {"model": generator state, "config": VocoderConfig, "judge": {"choice", "criterion", "reason"}
+                   (runs before the judge had none)}
     ocr.pt        {"model": OcrModel state, "config": OcrConfig, "vocab": characters, "max_width": int | None}
     omni_final.pt {"model": the parameters Stage E changed, "<component>.<name>", "config": per component model
                    configs ("omni": OmniConfig), "tokenizer": file, "stage_weights": the stage files the rest
@@ -106,7 +107,7 @@ COMPONENTS: dict[str, Component] = {c.name: c for c in (
     Component("vision_projector", None, "omni.omni_model", "Projector", "ProjectorConfig"),
     Component("codec", CODEC_FILE, "omni.codec", "Codec", "CodecConfig"),
     Component("talker", TALKER_FILE, "omni.talker", "Talker", "TalkerConfig"),
-    Component("vocoder", VOCODER_FILE, "omni.vocoder", "Generator", "VocoderConfig"),
+    Component("vocoder", VOCODER_FILE, "omni.vocoder", "Generator", "VocoderConfig", optional_extras=("judge",)),
     Component("ocr", OCR_FILE, "omni.ocr", "OcrModel", "OcrConfig", extras=("vocab",), optional_extras=("max_width",)),
 )}
 
@@ -291,9 +292,11 @@ def talker_weights(model: nn.Module, config) -> dict:
                           "codec": CODEC_FILE}}
 
 
-def vocoder_weights(generator: nn.Module, config) -> dict:
-    """Vocoder: the generator only (the discriminators stay in the step checkpoints)."""
-    return {VOCODER_FILE: {"model": generator.state_dict(), "config": to_dict(config)}}
+def vocoder_weights(generator: nn.Module, config, judge: dict | None = None) -> dict:
+    """Vocoder: the generator only (the discriminators stay in the step checkpoints), and the verdict of
+    omni.vocoder.judge_vocoders (HiFi-GAN or Griffin-Lim) that omni.speech.Vocoder follows."""
+    return {VOCODER_FILE: {"model": generator.state_dict(), "config": to_dict(config),
+                           **({"judge": judge} if judge is not None else {})}}
 
 
 def ocr_weights(model: nn.Module, config, *, vocab: list[str], max_width: int | None) -> dict:

@@ -301,23 +301,81 @@ def talker_metrics(run, val_codes, *, batch_size: int, tokenizer=None, sample_se
 
 
 # ---------------------------------------------------------------------- vocoder
-def vocoder_metrics(run, val_source, *, griffin_lim_iters: int, griffin_lim_cache: dict | None = None) -> dict:
-    """Mel-L1 (frame-weighted over whole utterances, one clip per batch: no padding) between each clip's log-mel
-    in the SpeechClips `val_source` and the log-mel of the audio `run.raw_model` (log-mel -> waveform) makes from
-    it, and the same for the Griffin-Lim fallback. Griffin-Lim is deterministic (zero initial phase), so its score
-    per clip is kept in `griffin_lim_cache` (clip path -> L1) across calls when one is given."""
-    from omni.vocoder import griffin_lim, mel_l1_loss
+def vocoder_metrics(run, val_source, *, griffin_lim_iters: int, griffin_lim_cache: dict | None = None, asr=None,
+                    timing: dict | None = None) -> dict:
+    """HiFi-GAN (`run.raw_model`, log-mel -> waveform) and the Griffin-Lim fallback on the same held-out clips of the
+    SpeechClips `val_source`, whole utterances, one clip per batch (no padding):
+    - val_mel_l1: L1 between the clip's log-mel and the log-mel of the vocoded audio (frame-weighted). It favours
+      Griffin-Lim by construction (it inverts that very mel), hence the two below.
+    - val_mr_stft: multi-resolution STFT distance to the real waveform (omni.vocoder.mr_stft_distance,
+      frame-weighted), when `val_source` gives the waveform (with_wav=True).
+    - val_asr_cer: corpus CER of the Stage-B ASR `asr` (an omni.speech.Transcriber) on the vocoded audio against
+      the normalised transcripts of the records, when `asr` is given; val_asr_cer_real is the same ASR on the
+      real clips (the best a vocoder can do).
+    Each metric has a "_griffin_lim" twin. Griffin-Lim is deterministic (zero initial phase), so its per-clip scores
+    (and the real clips' ASR edits) are kept in `griffin_lim_cache` (clip path -> scores) across calls when one is
+    given. The real-time factor (compute seconds per second of audio) is a wall-clock measurement, so it is logged
+    and added to `timing` (when given), never returned: the metrics go into checkpoints, which must be identical
+    for identical runs."""
+    import time
 
+    from omni.audio import HOP_LENGTH, SAMPLE_RATE
+    from omni.metrics import char_error_counts
+    from omni.text_frontend import normalize_transcript
+    from omni.vocoder import griffin_lim, mel_l1_loss, mr_stft_distance
+
+    def clock() -> float:  # CUDA kernels run asynchronously: wait for them before reading the clock
+        if run.device.type == "cuda":
+            torch.cuda.synchronize(run.device)
+        return time.perf_counter()
+
+    def scores(wav, mel, batch) -> dict:
+        """One clip's sums: frame-weighted mel-L1 and MR-STFT, and the ASR's character edits and count."""
+        out = {"mel_l1": mel_l1_loss(wav, mel).item() * mel.shape[1]}
+        if "wav" in batch:
+            out["mr_stft"] = mr_stft_distance(wav, batch["wav"]).item() * mel.shape[1]
+        if asr is not None:
+            out["char_edits"], out["chars"] = char_error_counts(asr.transcribe([wav[0]])[0],
+                                                                normalize_transcript(texts[batch["audio"][0]]))
+        return out
+
+    texts = {str(r["audio"]): r.get("text", "") for r in val_source.records}
     cache = {} if griffin_lim_cache is None else griffin_lim_cache
-    sums = {"gen": 0.0, "gl": 0.0, "frames": 0.0}
+    sums: dict[str, float] = {"frames": 0.0, "gen_seconds": 0.0, "gl_seconds": 0.0}
     for batch in run.eval_batches(val_source, 1):
         mel, name = batch["mel"], batch["audio"][0]
+        start = clock()
         with run.autocast():
-            wav = run.raw_model(mel)
+            wav = run.raw_model(mel).float()
+        sums["gen_seconds"] += clock() - start
         if name not in cache:
-            cache[name] = mel_l1_loss(griffin_lim(mel, n_iter=griffin_lim_iters), mel).item()
-        sums["gen"] += mel_l1_loss(wav, mel).item() * mel.shape[1]
-        sums["gl"] += cache[name] * mel.shape[1]
+            start = time.perf_counter()
+            gl_wav = griffin_lim(mel, n_iter=griffin_lim_iters).to(mel.device)
+            cache[name] = {"seconds": time.perf_counter() - start, "gl": scores(gl_wav, mel, batch)}
+            if asr is not None and "wav" in batch:  # the ceiling: what the ASR gets from the real clip
+                cache[name]["real"] = scores(batch["wav"], mel, batch)
         sums["frames"] += mel.shape[1]
+        sums["gl_seconds"] += cache[name]["seconds"]
+        for prefix, clip in (("gen", scores(wav, mel, batch)), ("gl", cache[name]["gl"]),
+                             ("real", cache[name].get("real", {}))):
+            for key, value in clip.items():
+                sums[f"{prefix}_{key}"] = sums.get(f"{prefix}_{key}", 0.0) + value
     sums = run.reduce_sums(sums)
-    return {"val_mel_l1": sums["gen"] / sums["frames"], "val_mel_l1_griffin_lim": sums["gl"] / sums["frames"]}
+    audio_seconds = sums["frames"] * HOP_LENGTH / SAMPLE_RATE
+    rtf = {"hifigan": sums["gen_seconds"] / audio_seconds, "griffin-lim": sums["gl_seconds"] / audio_seconds}
+    run.info(f"vocoder real-time factor (compute s per s of audio, {run.device.type}): HiFi-GAN {rtf['hifigan']:.4f}, "
+             f"Griffin-Lim {rtf['griffin-lim']:.4f}")
+    if timing is not None:
+        timing.update(rtf=rtf, audio_seconds=audio_seconds)
+    metrics = {}
+    for key in ("mel_l1", "mr_stft"):
+        if f"gen_{key}" in sums:
+            metrics[f"val_{key}"] = sums[f"gen_{key}"] / sums["frames"]
+            metrics[f"val_{key}_griffin_lim"] = sums[f"gl_{key}"] / sums["frames"]
+    if "gen_chars" in sums:
+        chars = max(sums["gen_chars"], 1.0)
+        metrics.update(val_asr_cer=sums["gen_char_edits"] / chars,
+                       val_asr_cer_griffin_lim=sums["gl_char_edits"] / chars)
+        if "real_char_edits" in sums:
+            metrics["val_asr_cer_real"] = sums["real_char_edits"] / chars
+    return metrics

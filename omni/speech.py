@@ -12,8 +12,11 @@ Design choices
 - Weights are the stages' final files (`talker.pt` with the `rvq_codec.pt` and `tokenizer.model` beside it,
   `hifigan.pt`, `audio_enc.pt`), each built once by omni.components.load_stage_model, so the checks the export
   applies (strict config, strict weights) apply here too.
-- The vocoder is HiFi-GAN when `hifigan.pt` exists and Griffin-Lim otherwise; the fallback is logged. A missing or
-  unfinished vocoder run never yields a randomly initialised generator: only the final weights file counts.
+- The vocoder is the one the vocoder run's verdict favours (HiFi-GAN or Griffin-Lim, judged by the ASR CER of
+  their held-out audio, else by MR-STFT distance: omni.vocoder.judge_vocoders, stored in `hifigan.pt`),
+  HiFi-GAN when the file has no verdict, Griffin-Lim when there is no `hifigan.pt`; the choice and its reason are
+  logged. A missing or unfinished vocoder run never yields a randomly initialised generator: only the final
+  weights file counts.
 - Decoding is greedy by default (deterministic, so the CER is reproducible); the Talker may stop early (END) or
   run to a length cap of `max_seconds_per_char` per input character, which bounds an untrained model's babble.
 - `stream` yields the waveform in chunks (default 0.5 s) as they are made; infer_chat.py --speak writes them
@@ -49,11 +52,11 @@ from omni.components import CODEC_FILE, TALKER_FILE, VOCODER_FILE, load_stage_mo
 from omni.ctc import CharVocab, ctc_transcripts
 from omni.data.manifest import read_jsonl
 from omni.data.speech_layouts import load_asr_records
-from omni.errors import InvalidInput
+from omni.errors import InvalidInput, MissingInput
 from omni.metrics import char_error_counts, word_error_counts
 from omni.text_frontend import normalize_transcript, talker_text_ids
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer
-from omni.vocoder import griffin_lim
+from omni.vocoder import VOCODER_LABELS, VOCODERS, griffin_lim
 
 STREAM_CHUNK_FRAMES = 50  # mel frames (10 ms each) per streamed chunk: 0.5 s of audio
 GL_CONTEXT_FRAMES = 12  # mel frames of context on each side of a streamed Griffin-Lim window
@@ -61,24 +64,53 @@ GL_FADE_FRAMES = 4  # mel frames over which streamed Griffin-Lim windows are cro
 
 
 class Vocoder:
-    """log-mel (B, T, F) -> waveform (B, T * hop): the trained HiFi-GAN generator, or Griffin-Lim."""
+    """log-mel (B, T, F) -> waveform (B, T * hop): the trained HiFi-GAN generator, or Griffin-Lim (generator None).
+    `passed_over`: a HiFi-GAN generator that the vocoder run's verdict ranked below Griffin-Lim, kept so that a
+    caller offering a choice (omni.chat_session) can still offer it; this vocoder never speaks with it."""
 
-    def __init__(self, generator=None, *, griffin_lim_iters: int = 32):
+    def __init__(self, generator=None, *, griffin_lim_iters: int = 32, passed_over=None):
         # Every inference path comes through here: fold HiFi-GAN's weight norm into plain weights once.
         self.generator = None if generator is None else generator.remove_weight_norm()
         self.griffin_lim_iters = griffin_lim_iters
+        self.passed_over = passed_over
         self.name = "hifigan" if generator is not None else "griffin-lim"
 
     @classmethod
-    def load(cls, path: str | Path | None, device: torch.device | str = "cpu", log=print) -> Vocoder:
-        """HiFi-GAN from `path` (a vocoder run dir or hifigan.pt) when its final weights exist, else Griffin-Lim."""
+    def load(cls, path: str | Path | None, device: torch.device | str = "cpu", log=print, *,
+             prefer: str | None = None) -> Vocoder:
+        """The vocoder of a vocoder run (its dir or hifigan.pt): HiFi-GAN or Griffin-Lim, whichever the run's
+        verdict favours (`judged`); Griffin-Lim when there are no final weights. prefer ("hifigan" or
+        "griffin-lim") overrides the verdict."""
+        if prefer not in (None, *VOCODERS):
+            raise InvalidInput(f"vocoder {prefer!r}: choose one of {VOCODERS}")
         file = None if path is None else (Path(path) / VOCODER_FILE if Path(path).is_dir() else Path(path))
         if file is None or not file.is_file():
+            if prefer == "hifigan":
+                raise MissingInput(f"HiFi-GAN asked for, but no vocoder weights{'' if file is None else f' at {file}'}")
             log(f"no vocoder weights{'' if file is None else f' at {file}'}: using the Griffin-Lim fallback")
             return cls()
-        generator, _ = load_stage_model(file, "vocoder", device)
-        log(f"vocoder: HiFi-GAN from {file}")
-        return cls(generator)
+        generator, weights = load_stage_model(file, "vocoder", device)
+        return cls.judged(generator, weights.extras.get("judge"), source=str(file), prefer=prefer, log=log)
+
+    @classmethod
+    def judged(cls, generator, judge: dict | None, *, source: str, prefer: str | None = None, log=print) -> Vocoder:
+        """HiFi-GAN `generator` or Griffin-Lim, as `judge` says: the verdict train_vocoder.py stores in hifigan.pt
+        (and an export in its config.json), omni.vocoder.judge_vocoders' {"choice", "reason", ...} from the
+        held-out ASR CER (else MR-STFT distance) of both. No verdict (a run from before the judge): HiFi-GAN, as
+        then. prefer ("hifigan" or "griffin-lim") overrides the verdict. The choice and its reason are logged."""
+        if judge is not None and not (isinstance(judge, dict) and judge.get("choice") in VOCODERS
+                                      and isinstance(judge.get("reason"), str)):
+            raise InvalidInput(f"{source}: the vocoder verdict 'judge' must choose one of {VOCODERS}, got {judge!r}")
+        verdict = f"the verdict in {source}: {judge['reason']}" if judge else f"no verdict in {source}"
+        if prefer is not None:
+            choice, why = prefer, f"{VOCODER_LABELS[prefer]}, as asked ({verdict})"
+        elif judge is None:
+            choice, why = "hifigan", f"HiFi-GAN from {source} ({verdict}: a run from before the vocoder judge)"
+        else:
+            choice, why = judge["choice"], f"{judge['reason']} (verdict of the vocoder run: {source}; every number " \
+                                           "in vocoder_judge.json beside its hifigan.pt)"
+        log(f"vocoder: {why}")
+        return cls(generator) if choice == "hifigan" else cls(passed_over=generator)
 
     @torch.no_grad()
     def __call__(self, mel: torch.Tensor) -> torch.Tensor:

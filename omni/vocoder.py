@@ -352,3 +352,64 @@ def griffin_lim(mel: torch.Tensor, *, n_iter: int = 32, momentum: float = 0.99) 
         rand_init=False,
     )  # (..., (T - 1) * hop)
     return F.pad(wav, (0, mel.shape[-2] * spec.hop_length - wav.shape[-1]))
+
+
+# ---------------------------------------------------------------------------------------------- judging the vocoders
+# Mel-L1 favours Griffin-Lim by construction (it inverts the very mel it is scored on), so the two vocoders are
+# also compared on the waveform (MR-STFT distance to the real clip) and on what a listener gets out of it (the
+# Stage-B ASR's CER on the vocoded audio). `judge_vocoders` turns those numbers into the choice Vocoder.load follows.
+VOCODERS = ("hifigan", "griffin-lim")  # omni.speech.Vocoder.name of each
+VOCODER_LABELS = {"hifigan": "HiFi-GAN", "griffin-lim": "Griffin-Lim"}
+
+# (FFT size, hop, window) of each resolution: Parallel WaveGAN's three (Yamamoto et al. 2020, Table 1 footnote),
+# which HiFi-GAN's follow-ups reuse; each trades time for frequency resolution, so no single STFT's blind spot hides
+# an artefact (phase smearing shows at 2048, clicks at 512).
+MR_STFT_RESOLUTIONS = ((512, 50, 240), (1024, 120, 600), (2048, 240, 1200))
+
+
+def mr_stft_distance(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Multi-resolution STFT distance (the Parallel WaveGAN auxiliary loss, Yamamoto et al. 2020, used here as a
+    metric): the mean over `MR_STFT_RESOLUTIONS` of spectral convergence ||S_real| - |S_fake||_F / ||S_real||_F plus
+    the mean |log |S_real| - log |S_fake||. fake, real: (N,) or (B, N) waveforms of equal length -> scalar (mean
+    over the batch). 0 for identical signals. Magnitudes are floored at 1e-7 (log of silence) and the frames are
+    zero-padded at the ends, so clips shorter than an FFT are scored too."""
+    if fake.shape != real.shape:
+        raise ValueError(f"mr_stft_distance needs equal shapes, got {tuple(fake.shape)} and {tuple(real.shape)}")
+    fake, real = fake.float().reshape(-1, fake.shape[-1]), real.float().reshape(-1, real.shape[-1])
+    total = fake.new_zeros(())
+    for n_fft, hop, win in MR_STFT_RESOLUTIONS:
+        window = torch.hann_window(win, device=fake.device)
+        mags = [torch.stft(x, n_fft, hop, win, window, center=True, pad_mode="constant", return_complex=True)
+                .abs().clamp(min=1e-7) for x in (fake, real)]  # (B, n_fft // 2 + 1, frames)
+        diff = torch.linalg.vector_norm(mags[1] - mags[0], dim=(1, 2))
+        convergence = diff / torch.linalg.vector_norm(mags[1], dim=(1, 2)).clamp(min=1e-7)
+        log_l1 = (mags[1].log() - mags[0].log()).abs().mean(dim=(1, 2))
+        total = total + (convergence + log_l1).mean()
+    return total / len(MR_STFT_RESOLUTIONS)
+
+
+# Judged on these metric keys (vocoder_metrics' HiFi-GAN key; Griffin-Lim's adds "_griffin_lim"), first present
+# first: what the ASR hears when an ASR model was configured, else the waveform distance. Lower is better for both.
+JUDGE_CRITERIA = (("val_asr_cer", "ASR CER", lambda v: f"{100 * v:.1f} %"),
+                  ("val_mr_stft", "MR-STFT distance", lambda v: f"{v:.3f}"))
+
+
+def judge_vocoders(metrics: dict, *, clips: int) -> dict:
+    """{"choice": "hifigan" | "griffin-lim", "criterion": metric key, "reason": one sentence} from the held-out
+    metrics of both vocoders (omni.evaluation.vocoder_metrics) on `clips` clips. A tie goes to HiFi-GAN (the
+    trained model, and the faster one); a non-finite HiFi-GAN score (a diverged run) loses."""
+    criterion = next((c for c in JUDGE_CRITERIA if c[0] in metrics and f"{c[0]}_griffin_lim" in metrics), None)
+    if criterion is None:
+        raise ValueError(f"no metric to judge the vocoders by: need one of {[k for k, *_ in JUDGE_CRITERIA]} "
+                         f"and its _griffin_lim twin, got {sorted(metrics)}")
+    key, label, show = criterion
+    ours, theirs = metrics[key], metrics[f"{key}_griffin_lim"]
+    choice = "hifigan" if math.isfinite(ours) and ours <= theirs else "griffin-lim"
+    score = {"hifigan": ours, "griffin-lim": theirs}
+    other = VOCODERS[1 - VOCODERS.index(choice)]
+    verb = "matches" if ours == theirs else "beats"
+    reason = (f"{VOCODER_LABELS[choice]}, because its {label} {show(score[choice])} {verb} "
+              f"{VOCODER_LABELS[other]}'s {show(score[other])} on {clips} held-out clips")
+    if key != "val_asr_cer":
+        reason += " (no ASR model configured: data.asr)"
+    return {"choice": choice, "criterion": key, "reason": reason}
