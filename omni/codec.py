@@ -317,9 +317,19 @@ class Codec(nn.Module):
     def decode(self, codes: torch.Tensor, code_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """codes (B, T', K), code_lengths (B,) -> log-mel (B, T' * downsample, n_mels); frames past
         downsample * code_lengths are padding."""
+        return self.decode_latents(self.rvq.lookup(codes), code_lengths)
+
+    def decode_latents(self, z: torch.Tensor, code_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Quantized latents z (B, T', D) (`rvq.lookup` of codes, or `expected_latents`) -> log-mel as `decode`."""
         if code_lengths is None:
-            code_lengths = torch.full(codes.shape[:1], codes.shape[1], dtype=torch.long, device=codes.device)
-        return self._decode(self.rvq.lookup(codes), code_lengths) * self.cfg.mel_std + self.cfg.mel_mean
+            code_lengths = torch.full(z.shape[:1], z.shape[1], dtype=torch.long, device=z.device)
+        return self._decode(z, code_lengths) * self.cfg.mel_std + self.cfg.mel_mean
+
+    def expected_latents(self, probs: torch.Tensor) -> torch.Tensor:
+        """Per-codebook code probabilities (..., K, V) -> the expected quantized latent (..., D): the sum over
+        codebooks of the probability-weighted code vectors. Decoding it instead of the most likely codes averages
+        over the codes a predictor hesitates between rather than committing to one (see omni.speech)."""
+        return sum(probs[..., k, :].to(vq.codebook.dtype) @ vq.codebook for k, vq in enumerate(self.rvq.quantizers))
 
     def _decode(self, z: torch.Tensor, code_lengths: torch.Tensor) -> torch.Tensor:
         """z (B, T', D) -> normalised mel (B, T' * downsample, n_mels)."""

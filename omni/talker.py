@@ -208,22 +208,29 @@ class Talker(Transformer):
     @torch.no_grad()
     def generate(self, chars: torch.Tensor, tokens: torch.Tensor, *, unit_lengths: torch.Tensor | None = None,
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                 generator: torch.Generator | None = None, pace: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                 generator: torch.Generator | None = None, pace: float = 1.0, return_probs: bool = False):
         """chars, tokens (B, U) (right-padded when unit_lengths is given) -> (codes (B, F, K) in [0, V), lengths
-        (B,)), F <= max_frames; rows past their length are code 0. temperature 0 = greedy. Runs in the module's
-        current mode: call eval() first when dropout > 0."""
+        (B,)), F <= max_frames; rows past their length are code 0. temperature 0 = greedy. return_probs: also the
+        code probabilities (B, F, K, V) (codebook k's given the chosen codes of codebooks < k). Runs in the
+        module's current mode: call eval() first when dropout > 0."""
         self._check(chars.shape[1], 0)
         h, unit_mask, log_dur = self.encode_text(chars, tokens, unit_lengths)
         durations = self.predict_durations(log_dur, unit_mask, pace)
         lengths = durations.sum(dim=1)
         n_frames = int(lengths.max()) if lengths.numel() else 0
         B, K = chars.shape[0], self.cfg.n_codebooks
+        V = self.cfg.codebook_size
         if n_frames == 0:
-            return chars.new_zeros(B, 0, K), lengths
+            empty = chars.new_zeros(B, 0, K), lengths
+            return (*empty, h.new_zeros(B, 0, K, V)) if return_probs else empty
         y, valid = self.decode_frames(h, durations, n_frames)
         codes = chars.new_zeros(B, n_frames, K)
+        probs = []
         for k in range(K):
             logits = self._codebook_logits(y, k, codes)
             codes[..., k] = sample_next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                                               generator=generator)
-        return codes.masked_fill(~valid[..., None], 0), lengths
+            if return_probs:
+                probs.append(logits.float().softmax(-1))
+        codes = codes.masked_fill(~valid[..., None], 0)
+        return (codes, lengths, torch.stack(probs, dim=2)) if return_probs else (codes, lengths)

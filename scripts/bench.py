@@ -214,11 +214,14 @@ TTS_SENTENCES = ("a red circle is next to the blue square", "seven green triangl
 class _ByteIds:
     """Stands in for the tokenizer when no demo checkpoint exists: byte values as text ids (only speed matters)."""
 
+    bos_id, eos_id = 2, 3
+
     def __init__(self, vocab_size: int):
         self.vocab_size, self.model_path = vocab_size, "byte ids"
 
-    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
-        return [2] * bos + [min(b, self.vocab_size - 1) for b in text.encode()] + [3] * eos
+    def char_tokens(self, text: str) -> list[int]:
+        """One id per character, as omni.alignment.text_units needs."""
+        return [min(ord(c), self.vocab_size - 1) for c in text]
 
 
 def bench_tts() -> dict:
@@ -268,15 +271,15 @@ def bench_tts() -> dict:
         return {"stage": "TTS synthesize", "source": source, "audio_seconds": 0.0}
     streamed, talker_s = {}, []
 
-    def timed_codes(text):  # the same Talker call as above (its options included), timed
+    def timed_latents(text):  # the same Talker call as above (its options included), timed
         start = time.perf_counter()
-        codes = synth.codes(text)
+        z = synth.latents(text)
         talker_s.append(time.perf_counter() - start)
-        return codes
+        return z
 
     for name, vocoder in (("hifigan", hifigan), ("griffin_lim", fallback)):
         streamer = SpeechSynthesizer(synth.tokenizer, synth.talker, synth.codec, vocoder)
-        streamer.codes = timed_codes
+        streamer.latents = timed_latents
         list(streamer.stream(TTS_SENTENCES[0]))  # warm-up (the chunk shapes are new to the conv kernels)
         talker_s.clear()
         first_s = total_s = 0.0

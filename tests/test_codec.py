@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from omni.codec import Codec, CodecConfig, VectorQuantizer, usage_perplexity
 
@@ -245,3 +246,18 @@ def test_seeded_init_is_unchanged():
     torch.manual_seed(1234)
     codec = Codec(CodecConfig(n_mels=16, frame_rate_hz=25, channels=16, latent_dim=8, codebook_size=32))
     assert state_digest(codec) == "a0836ec400c2368a"
+
+
+def test_expected_latents_of_certain_codes_decode_like_the_codes():
+    model = make_codec().eval()
+    codes = torch.randint(0, 32, (2, 9, 2), generator=torch.Generator().manual_seed(0))
+    certain = F.one_hot(codes, 32).float()  # (B, T', K, V)
+    with torch.no_grad():
+        torch.testing.assert_close(model.expected_latents(certain), model.rvq.lookup(codes))
+        torch.testing.assert_close(model.decode_latents(model.expected_latents(certain)), model.decode(codes))
+        # Halfway between two codes of codebook 0: the mean of their vectors (plus codebook 1's vector).
+        mixed = certain.clone()
+        mixed[0, 0, 0] = 0.5 * (F.one_hot(torch.tensor(3), 32) + F.one_hot(torch.tensor(5), 32)).float()
+        book0, book1 = (vq.codebook for vq in model.rvq.quantizers)
+        torch.testing.assert_close(model.expected_latents(mixed)[0, 0],
+                                   0.5 * (book0[3] + book0[5]) + book1[codes[0, 0, 1]])

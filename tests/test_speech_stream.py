@@ -47,16 +47,16 @@ def generator(cfg: VocoderConfig = ONE_MRF) -> Generator:
 
 
 def synthesizer(vocoder: Vocoder, frame_rate_hz: float = 12.5) -> SpeechSynthesizer:
-    """A synthesizer of tiny random parts; tests set `codes` (the Talker's part) to the utterance they need."""
+    """A synthesizer of tiny random parts; tests set `latents` (the Talker's part) to the utterance they need."""
     talker = Talker(TalkerConfig(text_vocab_size=VOCAB, n_codebooks=K, codebook_size=N_CODES, d_model=16,
                                  n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32)).eval()
-    tokenizer = SimpleNamespace(vocab_size=VOCAB, model_path="stub tokenizer")  # codes() is replaced below
+    tokenizer = SimpleNamespace(vocab_size=VOCAB, model_path="stub tokenizer")  # latents() is replaced below
     return SpeechSynthesizer(tokenizer, talker, codec(frame_rate_hz), vocoder)
 
 
 def speaking(synth: SpeechSynthesizer, frames: int) -> SpeechSynthesizer:
     codes = torch.randint(0, N_CODES, (frames, K), generator=torch.Generator().manual_seed(frames))
-    synth.codes = lambda text: codes
+    synth.latents = lambda text: synth.codec.rvq.lookup(codes)
     return synth
 
 

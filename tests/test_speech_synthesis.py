@@ -42,9 +42,13 @@ def parts(tmp_path_factory, text_corpus):
 def expected_mel(parts, synth, text):
     _, tokenizer, talker, codec = parts
     units = text_units(tokenizer, text)
-    codes, lengths = talker.generate(torch.tensor([units.chars]), torch.tensor([units.tokens]))
+    codes, lengths, probs = talker.generate(torch.tensor([units.chars]), torch.tensor([units.tokens]),
+                                            return_probs=True)
     assert 0 < lengths[0] < talker.cfg.max_frames  # the predicted durations, not the cap, decide the length
-    return codec.decode(codes[:, : int(lengths[0])])
+    # Greedy synthesis decodes each frame's expected code vector, not its most likely codes.
+    expected = codec.decode_latents(codec.expected_latents(probs[:, : int(lengths[0])]))
+    assert not torch.allclose(expected, codec.decode(codes[:, : int(lengths[0])]))
+    return expected
 
 
 def test_griffin_lim_fallback_is_used_and_logged_without_final_vocoder_weights(tmp_path, parts):
@@ -66,7 +70,7 @@ def test_griffin_lim_fallback_is_used_and_logged_without_final_vocoder_weights(t
     torch.testing.assert_close(wav, griffin_lim(mel, n_iter=32)[0])
 
     def ends_at_once(chars, tokens, **kwargs):
-        return torch.zeros(1, 0, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+        return torch.zeros(1, 0, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.zeros(1, 0, 2, 16)
 
     synth.talker.generate = ends_at_once
     assert synth.synthesize(text).shape == (0,)

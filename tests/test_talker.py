@@ -181,3 +181,15 @@ def test_validation_names_values():
         model.generate(long, long)
     with pytest.raises(ValueError, match="max_frames=24"):
         model(long[:, :3], long[:, :3], None, torch.tensor([[0, 25, 0]]), torch.zeros(1, 25, K, dtype=torch.long))
+
+
+def test_returned_probabilities_are_the_distributions_the_codes_were_chosen_from():
+    model = make_talker(frames_per_unit=2)
+    chars, tokens, unit_lengths, *_ = batch()
+    codes, lengths = model.generate(chars, tokens, unit_lengths=unit_lengths)
+    again, lengths_again, probs = model.generate(chars, tokens, unit_lengths=unit_lengths, return_probs=True)
+    assert torch.equal(codes, again) and torch.equal(lengths, lengths_again)
+    assert probs.shape == (*codes.shape, V)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(codes.shape))
+    for row, n in enumerate(lengths.tolist()):  # greedy: each code is its distribution's argmax
+        assert torch.equal(probs[row, :n].argmax(-1), codes[row, :n])
