@@ -134,8 +134,10 @@ if run.stopped:  # SIGTERM / Ctrl-C: the last step is checkpointed; rerunning th
 
 # ---- save: the generator only, with the verdict; the discriminators and optimizers stay in the step checkpoints.
 # The verdict needs the final step's metrics, which Run.finish would compute itself: evaluate first (as finish
-# does, only when this step has none: a rerun of a finished run reuses the checkpointed ones).
-if run.last_eval is None or run.last_eval["step"] != run.step:
+# does, only when this step has none: a rerun of a finished run reuses the checkpointed ones, unless they lack what
+# this config judges by: a run finished before the judge, or data.asr given since).
+judged_by = {"val_mr_stft"} | ({"val_asr_cer"} if asr is not None else set())
+if run.last_eval is None or run.last_eval["step"] != run.step or not judged_by <= run.last_eval["metrics"].keys():
     run.evaluate(evaluate)
 judge = judge_vocoders(run.last_eval["metrics"], clips=len(val_source))
 metrics = run.finish(evaluate, final_weights=vocoder_weights(run.raw_model.generator, cfg.model, judge=judge))

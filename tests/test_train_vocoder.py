@@ -93,6 +93,13 @@ def test_trains_generator_only_weights_and_checkpoints_both_players(tmp_path, sp
     assert report["choice"] == final["judge"]["choice"] and report["clips"] == 2
     assert report["hifigan"]["mr_stft"] == m["val_mr_stft"] and report["griffin-lim"]["rtf"] > 0
     assert f"vocoder verdict: {final['judge']['reason']}" in out.stdout
+    # The finished run rerun with an ASR judge (--force: data.asr is a config change): its checkpointed metrics lack
+    # the ASR CER, so the end evaluates again.
+    run_ok([*command(tmp_path, speech, save, "mel_warmup_steps=0", f"data.asr={random_aligner(tmp_path / 'asr')}"),
+            "--force"])
+    final = torch.load(save / "hifigan.pt", weights_only=True)
+    assert final["judge"]["criterion"] == "val_asr_cer" and "ASR CER" in final["judge"]["reason"]
+    assert json.loads((save / "vocoder_judge.json").read_text())["hifigan"]["asr_cer"] is not None
     assert read_stage_weights(save, "vocoder").config["upsample_initial_channels"] == 16  # the export reads it
     step = torch.load(save / "hifigan_step_8.pt", weights_only=True)
     assert any(k.startswith("mpd.") for k in step["model"]) and any(k.startswith("msd.") for k in step["model"])
