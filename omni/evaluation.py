@@ -266,38 +266,51 @@ def codec_metrics(run, val_source, *, batch_size: int) -> dict:
             **{f"val_used_cb{k}": int((usage[k] > 0).sum()) for k in range(K)}}
 
 
-def talker_metrics(run, val_codes, *, batch_size: int, tokenizer=None, sample_sentences: int = 0) -> dict:
-    """Code cross entropy and accuracy (all codebooks, and per codebook) of the Talker `run.raw_model` on the
-    TalkerCodes `val_codes` (teacher forcing); the first `sample_sentences` usable sentences are spoken greedily
-    and their length logged against the reference."""
-    from omni.talker import IGNORE_INDEX, talker_targets
+def talker_metrics(run, val_codes, *, batch_size: int, sample_sentences: int = 0) -> dict:
+    """The Talker `run.raw_model` on the TalkerCodes `val_codes`: code cross entropy and accuracy (all codebooks,
+    and per codebook) with the aligned durations (teacher forcing of the lengths and of the lower codebooks),
+    duration loss (MSE of log(1 + frames)) and mean absolute error in frames of the predicted durations, per unit
+    and per utterance; val_loss is the training objective. The first `sample_sentences` usable sentences are
+    spoken greedily and their length logged against the reference."""
+    from omni.alignment import OTHER_CHAR
+    from omni.talker import code_accuracy
 
-    K, V = run.raw_model.cfg.n_codebooks, run.raw_model.cfg.codebook_size
-    sums = {"nll": 0.0, "targets": 0.0}
-    sums.update({f"{name}{k}": 0.0 for name in ("correct", "n") for k in range(K)})
+    model = run.raw_model
+    K = model.cfg.n_codebooks
+    sums = {name: 0.0 for name in ("nll", "frames", "dur_sq", "dur_abs", "units", "len_abs", "utts")}
+    sums.update({f"correct{k}": 0.0 for k in range(K)})
     for batch in run.eval_batches(val_codes, batch_size):
         with run.autocast():
-            logits, loss = run.raw_model(batch["text_ids"], batch["text_lengths"], batch["codes"],
-                                         batch["code_lengths"])
-        targets = talker_targets(batch["codes"], batch["code_lengths"], V)
-        keep = targets != IGNORE_INDEX
-        hits = (logits.argmax(-1) == targets) & keep  # (B, F + 1, K)
-        sums["nll"] += loss.float().item() * keep.sum().item()
-        sums["targets"] += keep.sum().item()
+            out = model(batch["chars"], batch["tokens"], batch["unit_lengths"], batch["durations"], batch["codes"],
+                        batch["code_lengths"])
+        correct, counted = code_accuracy(out.logits, batch["codes"], batch["code_lengths"])
+        mask = batch["chars"].new_ones(batch["chars"].shape, dtype=torch.bool)
+        mask &= torch.arange(mask.shape[1], device=mask.device) < batch["unit_lengths"].to(mask.device)[:, None]
+        predicted = model.predict_durations(out.log_durations, mask)
+        true = batch["durations"].to(predicted.device)
+        sums["nll"] += out.code_loss.float().item() * counted.item()
+        sums["frames"] += counted.item()
+        sums["dur_sq"] += out.duration_loss.float().item() * mask.sum().item()
+        sums["dur_abs"] += (predicted - true).abs()[mask].sum().item()
+        sums["units"] += mask.sum().item()
+        sums["len_abs"] += (predicted.sum(1) - true.sum(1)).abs().sum().item()
+        sums["utts"] += len(true)
         for k in range(K):
-            sums[f"correct{k}"] += hits[..., k].sum().item()
-            sums[f"n{k}"] += keep[..., k].sum().item()
+            sums[f"correct{k}"] += correct[k].item()
     sums = run.reduce_sums(sums)
     shown = [i for i in range(len(val_codes)) if not val_codes.bad[i]][:sample_sentences]
-    for i in shown if tokenizer is not None else ():  # greedy: draws no random numbers
-        ids, ref = val_codes.text_ids[i].long()[None].to(run.device), len(val_codes.codes[i])
-        cap = min(run.raw_model.cfg.max_frames, 2 * ref + 8)  # reaching it means the Talker never predicted END
-        _, length = run.raw_model.generate(ids, max_frames=cap)
-        run.info(f"sample {tokenizer.decode(ids[0].tolist())!r}: {int(length[0])} frames spoken "
-                 f"(reference {ref}, cap {cap})")
-    return {"val_loss": sums["nll"] / sums["targets"],
-            "val_acc": sum(sums[f"correct{k}"] for k in range(K)) / sums["targets"],
-            **{f"val_acc_cb{k}": sums[f"correct{k}"] / sums[f"n{k}"] for k in range(K)}}
+    for i in shown:  # greedy: draws no random numbers
+        chars, tokens = (x[i].long()[None].to(run.device) for x in (val_codes.chars, val_codes.tokens))
+        _, length = model.generate(chars, tokens)
+        text = "".join(chr(c) if c < OTHER_CHAR else "?" for c in chars[0, 1:-1].tolist())
+        run.info(f"sample {text!r}: {int(length[0])} frames spoken "
+                 f"(reference {len(val_codes.codes[i])})")
+    code_loss, duration_loss = sums["nll"] / sums["frames"], sums["dur_sq"] / sums["units"]
+    return {"val_loss": code_loss + model.cfg.duration_loss_weight * duration_loss, "val_code_loss": code_loss,
+            "val_duration_loss": duration_loss, "val_duration_mae": sums["dur_abs"] / sums["units"],
+            "val_length_mae": sums["len_abs"] / sums["utts"],
+            "val_acc": sum(sums[f"correct{k}"] for k in range(K)) / (K * sums["frames"]),
+            **{f"val_acc_cb{k}": sums[f"correct{k}"] / sums["frames"] for k in range(K)}}
 
 
 # ---------------------------------------------------------------------- vocoder
