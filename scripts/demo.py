@@ -79,8 +79,9 @@ def talker_rows(_: str) -> list[tuple]:
     rows = [("D codec", "held-out mel recon L1 (normalised)", codec["val_recon_l1"])]
     rows += [("D codec", f"codebook {k} perplexity (of {cfg['codec']['model']['codebook_size']})",
               codec[f"val_ppl_cb{k}"]) for k in range(cfg["codec"]["model"]["n_codebooks"])]
-    return rows + [("D talker", "held-out code CE", talker["val_loss"]),
-                   ("D talker", "held-out code accuracy", talker["val_acc"])]
+    return rows + [("D talker", "held-out code CE", talker["val_code_loss"]),
+                   ("D talker", "held-out code accuracy", talker["val_acc"]),
+                   ("D talker", "held-out duration error (frames/char)", talker["val_duration_mae"])]
 
 
 def tts_rows(_: str) -> list[tuple]:
@@ -161,8 +162,9 @@ def infer_steps() -> list[Step]:
 
     return [
         Step("infer image", image_question, ("export",), answer("colour")),
-        Step("infer audio", lambda: [*base, "--audio", demo_questions()["audio"], "--text",
-                                     "What did the speaker say?"], ("export",), answer("transcript")),
+        # The answer to "what did the speaker say" is a sentence: spoken, and heard back by the ASR.
+        Step("infer audio", lambda: [*base, "--audio", demo_questions()["audio"], "--text", "What did the speaker say?",
+                                     "--speak", str(LOGS / "infer_audio_speak.wav")], ("export",), answer("transcript")),
         Step("infer speak", lambda: [*image_question(), "--speak", str(LOGS / "infer_speak.wav")],
              ("export",), answer("colour")),
     ]
@@ -200,7 +202,8 @@ def steps() -> list[Step]:
         Step("OCR", train["ocr"], ("data ocr",),
              lambda _: metric_rows("OCR", save_dir("ocr"), {"val_cer": "OCR CER",
                                                            "val_exact_line_acc": "exact-line accuracy"})),
-        Step("D talker", train["talker"], ("A text", "data tts"), talker_rows, {"d", "speech", "codec"}),
+        # B's CTC model aligns the Talker's speech with its text (durations per character).
+        Step("D talker", train["talker"], ("A text", "data tts", "B audio"), talker_rows, {"d", "speech", "codec"}),
         # B's ASR judges HiFi-GAN against Griffin-Lim (CER of their held-out audio); the export carries the verdict.
         Step("vocoder", train["vocoder"], ("data speech", "B audio"), vocoder_rows, {"speech"}),
         # Griffin-Lim, as "infer speak": the demo's HiFi-GAN (two CPU minutes) is the less intelligible vocoder.
