@@ -206,13 +206,13 @@ def steps() -> list[Step]:
         Step("D talker", train["talker"], ("A text", "data tts", "B audio"), talker_rows, {"d", "speech", "codec"}),
         # B's ASR judges HiFi-GAN against Griffin-Lim (CER of their held-out audio); the export carries the verdict.
         Step("vocoder", train["vocoder"], ("data speech", "B audio"), vocoder_rows, {"speech"}),
-        # Griffin-Lim, as "infer speak": the demo's HiFi-GAN (two CPU minutes) is the less intelligible vocoder.
+        # With the vocoder the verdict of the vocoder step chose (as infer_chat and the export speak).
         Step("D TTS>ASR", [PY, "-m", "omni.speech", "--talker", str(save_dir("talker", "talker")),
-                           "--asr", str(save_dir("audio_enc")),
+                           "--vocoder", str(save_dir("vocoder")), "--asr", str(save_dir("audio_enc")),
                            "--manifest", talker["data"]["val_manifest"], "--n", str(TTS_SENTENCES),
                            "--phrases", talker["data"]["train_manifest"], "--threads", "1",
                            "--json", str(save_dir("talker", "talker") / "tts_asr.json")],
-             ("B audio", "D talker"), tts_rows, {"d", "speech", "tts"}),
+             ("B audio", "D talker", "vocoder"), tts_rows, {"d", "speech", "tts"}),
         Step("export", export_cmd, ("A text", "B audio", "C vision", "OCR", "D talker", "vocoder", "E sft"),
              export_rows),
         *infer_steps(),
