@@ -299,10 +299,23 @@ def talker(report: Report, cfg, args) -> None:
             part = getattr(cfg, phase)
             n_mels = part.model.n_mels if phase == "codec" else cfg.codec.model.n_mels
             speech_clips(report, part, f"{phase}.", n_mels=n_mels, with_wav=False)
+    if cfg.phase in ("all", "talker"):  # the models the Talker phase reads besides the speech
+        model_inputs(report, {"talker.data.tokenizer": cfg.talker.data.tokenizer,
+                              "talker.data.aligner": cfg.talker.data.aligner})
+
+
+def model_inputs(report: Report, paths: dict[str, str]) -> None:
+    """Trained models a stage reads (a tokenizer, the Stage-B aligner or judge): a missing one stops the run."""
+    for key, path in paths.items():
+        if path and not Path(path).exists():
+            report.problem(f"{key}={path} does not exist (train that stage first)")
+        elif path:
+            report.line(f"{key}: {path}")
 
 
 def vocoder(report: Report, cfg, args) -> None:
     speech_clips(report, cfg, "", n_mels=cfg.model.n_mels, with_wav=True)
+    model_inputs(report, {"data.asr": cfg.data.asr})
 
 
 def main(argv=None) -> int:

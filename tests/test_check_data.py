@@ -5,7 +5,7 @@ import json
 
 from omni.data.manifest import write_jsonl
 from tests import test_sft_omni, test_train_audio_enc, test_train_ocr
-from tests.conftest import load_script
+from tests.conftest import REPO, load_script
 from tests.stage_data import sft_standins
 
 check_data = load_script("check_data")
@@ -88,3 +88,19 @@ def test_text_with_and_without_tokenizer(tmp_path, text_corpus, capsys):
     assert "vocabulary coverage 100.00%" in out and "train.max_steps 16 = " in out
     assert check_data.main(["--config", cfg, "--set", *sets[1:], "data.train_path=nowhere.txt"]) == 1
     assert "data not found: data.train_path=nowhere.txt" in capsys.readouterr().out
+
+
+def test_talker_and_vocoder_name_a_missing_aligner_or_judge(tmp_path, capsys):
+    data = test_train_audio_enc.write_tone_dataset(tmp_path / "speech", n_train=8, n_val=4)
+    manifests = [f"data.train_manifest={data / 'train.jsonl'}", f"data.val_manifest={data / 'val.jsonl'}"]
+    talker = ["--config", str(REPO / "configs/talker_tiny.json"), "--set", "phase=talker",
+              *(f"talker.{m}" for m in manifests), f"talker.data.tokenizer={data / 'train.jsonl'}",
+              "talker.train.batch_size=4", f"talker.data.aligner={tmp_path / 'no_stage_b'}"]
+    assert check_data.main(talker) == 1
+    assert f"talker.data.aligner={tmp_path / 'no_stage_b'} does not exist" in capsys.readouterr().out
+    talker[-1] = f"talker.data.aligner={data}"  # any existing path passes this check
+    assert check_data.main(talker) == 0
+    vocoder = ["--config", str(REPO / "configs/vocoder_tiny.json"), "--set", *manifests, "train.batch_size=4",
+               f"data.asr={tmp_path / 'no_b'}"]
+    assert check_data.main(vocoder) == 1
+    assert f"data.asr={tmp_path / 'no_b'} does not exist" in capsys.readouterr().out
