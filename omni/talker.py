@@ -30,6 +30,7 @@ D model width.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -201,6 +202,7 @@ class Talker(Transformer):
     def predict_durations(self, log_durations: torch.Tensor, unit_mask: torch.Tensor, pace: float = 1.0) -> torch.Tensor:
         """Predicted log(1 + frames) (B, U) -> frames per unit (B, U) (long, 0 on padding), the rows cut to
         max_frames in total. pace > 1 speaks slower."""
+        log_durations = log_durations.clamp(max=math.log1p(self.cfg.max_frames))  # an untrained head may say 1e30
         frames = (torch.expm1(log_durations) * pace).round().clamp(min=0).long() * unit_mask
         room = (self.cfg.max_frames - (frames.cumsum(1) - frames)).clamp(min=0)
         return torch.minimum(frames, room)

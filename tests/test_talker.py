@@ -100,6 +100,8 @@ def test_predicted_durations_round_scale_by_pace_and_are_capped_at_max_frames():
     d = model.predict_durations(log_dur, mask)
     assert d.tolist() == [[5, 5, 5, 5, 4, 0], [2, 0, 1, 0, 0, 0]]  # cut at 24 in total; padding speaks nothing
     assert model.predict_durations(log_dur, mask, pace=2.0)[1].tolist() == [4, 1, 1, 0, 0, 0]
+    huge = torch.full((1, 3), 1e4)  # expm1 overflows to inf: still a finite count, cut at max_frames
+    assert model.predict_durations(huge, torch.ones(1, 3, dtype=torch.bool)).tolist() == [[24, 0, 0]]
     # generate obeys the cap: a Talker predicting ~20 frames per unit speaks exactly max_frames.
     chars, tokens, unit_lengths, *_ = batch()
     codes, lengths = make_talker(frames_per_unit=20).generate(chars, tokens, unit_lengths=unit_lengths)
