@@ -211,17 +211,23 @@ def talker(cfg, path: Path, log, *, device, asr=None, vocoder=None, tts_sentence
     return model, metrics
 
 
-def vocoder(cfg, path: Path, log):
+def vocoder(cfg, path: Path, log, *, device, asr=None):
+    """HiFi-GAN and Griffin-Lim on the val clips as train_vocoder.py judges them: mel-L1, MR-STFT to the real
+    waveform, and the ASR CER of the vocoded audio with `asr` (default: the config's data.asr; none: no CER)."""
     from omni.components import load_stage_model
     from omni.data.resumable import require_usable
     from omni.data.speech_layouts import load_asr_records, source_name
     from omni.data.tts import SpeechClips
+    from omni.speech import Transcriber
 
     model, saved = load_stage_model(path, "vocoder")  # the generator
     records = load_asr_records(cfg.data.val_manifest, key="data.val_manifest", log=log)[: cfg.data.val_utterances]
-    source = SpeechClips(records, n_mels=saved.config["n_mels"])
+    source = SpeechClips(records, n_mels=saved.config["n_mels"], with_wav=True)
     require_usable(source, name=source_name(cfg.data.val_manifest))
-    return model, lambda ev: evaluation.vocoder_metrics(ev, source, griffin_lim_iters=cfg.data.griffin_lim_iters)
+    listener = asr or cfg.data.asr
+    transcriber = Transcriber.load(listener, device) if listener else None
+    return model, lambda ev: evaluation.vocoder_metrics(ev, source, griffin_lim_iters=cfg.data.griffin_lim_iters,
+                                                        asr=transcriber)
 
 
 def parts(stage: str, cfg) -> list[tuple[str, str, object]]:
@@ -244,15 +250,16 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the metrics to this JSON file")
     parser.add_argument("--device", default=None, help="default: the config's train.device")
     parser.add_argument("--asr", metavar="DIR", help="Stage D: also the Talker's TTS->ASR CER/WER (omni.speech) with "
-                        "this Stage-B run dir or audio_enc.pt as the listener")
+                        "this Stage-B run dir or audio_enc.pt as the listener; vocoder: the ASR CER of the vocoded "
+                        "val clips (default: the config's data.asr)")
     parser.add_argument("--vocoder", metavar="DIR", help="with --asr: the vocoder run dir or hifigan.pt that makes "
                         "the audio (default: Griffin-Lim)")
     parser.add_argument("--tts-sentences", type=int, default=50, metavar="N",
                         help="with --asr: synthesize the first N sentences of talker.data.val_manifest (default 50)")
     args = parser.parse_args(argv)
     stage, cfg = evaluation.resolve_stage(args.config, args.set, args.stage, among=STAGES)
-    if args.asr is not None and stage != "talker":
-        raise UserError(f"--asr scores the Talker (Stage D); {args.config} is stage {stage!r}")
+    if args.asr is not None and stage not in ("talker", "vocoder"):
+        raise UserError(f"--asr scores the Talker (Stage D) or the vocoder; {args.config} is stage {stage!r}")
     if args.tts_sentences < 1:
         raise UserError(f"--tts-sentences must be >= 1, got {args.tts_sentences}")
     val_key = "val_path" if stage == "text" else "val_manifest"
@@ -274,6 +281,8 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="omni-eval-") as scratch:  # the Talker's code cache, not the run's
             extra = {"device": device, "asr": args.asr, "vocoder": args.vocoder, "tts_sentences": args.tts_sentences,
                      "cache_dir": scratch} if name == "talker" else {}
+            if name == "vocoder":
+                extra = {"device": device, "asr": args.asr}
             model, metric_fn = globals()[name](part, path, log, **extra)
             evaluator = evaluation.Evaluator(model, device=device, precision=part.train.precision, log=log,
                                              seed=part.train.seed)

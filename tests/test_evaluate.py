@@ -16,7 +16,7 @@ from tests import (
     test_train_vocoder,
 )
 from tests.conftest import REPO, load_script
-from tests.stage_data import asr_speech, sft_standins
+from tests.stage_data import asr_speech, random_aligner, sft_standins
 
 evaluate = load_script("evaluate")
 
@@ -156,3 +156,7 @@ def test_vocoder(tmp_path, speech, capsys):
     cmd = test_train_vocoder.command(tmp_path, speech, run_dir, "mel_warmup_steps=0", "data.val_utterances=3")
     train(cmd)
     check_same_as_summary(tmp_path, cmd, run_dir, "vocoder", "val_mel_l1", capsys)
+    # --asr (else the config's data.asr): the judge's ASR CER too, for both vocoders and the real clips
+    heard = score(tmp_path, cmd, "--asr", str(random_aligner(tmp_path / "asr")))["metrics"]
+    for key in ("val_asr_cer", "val_asr_cer_griffin_lim", "val_asr_cer_real", "val_mr_stft", "val_mel_l1"):
+        assert key in heard and heard[key] >= 0, key
