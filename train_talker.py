@@ -12,10 +12,11 @@ Two phases, each a resumable run of its own with its own model/data/train sectio
   speaks) and every utterance is encoded once into a code cache and aligned with its text by the Stage-B ASR model
   (talker.data.aligner; CTC forced alignment, omni/alignment.py) into frames per character. The cache is rebuilt
   when the codec, the aligner, the tokenizer, the manifest or an audio file changes (the log says reused or
-  rebuilt, and why), so the Talker's data loading reads no audio; a clip that cannot be aligned is a bad sample. If the codec run changes
-  after the Talker run started, the Talker stops instead of mixing codes of two codecs (--force keeps the codec it
-  started with). Metrics on the held-out utterances: code cross entropy and accuracy (all codebooks and per
-  codebook), duration loss and error in frames; sample sentences are spoken at each evaluation.
+  rebuilt, and why), so the Talker's data loading reads no audio; a clip that cannot be aligned is a bad sample.
+  If the codec run changes after the Talker run started, the Talker stops instead of mixing codes of two codecs
+  (--force keeps the codec it started with). Metrics on the held-out utterances: code cross entropy and accuracy
+  (all codebooks and per codebook), duration loss and error in frames; sample sentences are spoken at each
+  evaluation.
   Final weights `talker.pt`, with `rvq_codec.pt` and `tokenizer.model` (Stage A's) beside it.
 - phase "all" (default) runs both in sequence. Rerunning the same command resumes whichever phase was interrupted;
   a finished phase only rewrites its final files.
@@ -39,8 +40,8 @@ from omni.data import fingerprint
 from omni.data.resumable import ResumableDataset, require_usable
 from omni.data.speech_layouts import load_asr_records, source_name
 from omni.data.tts import SpeechClips, TalkerCodes, build_code_cache, code_cache_path, random_segments
-from omni.stages import TalkerStage
 from omni.errors import MissingInput
+from omni.stages import TalkerStage
 from omni.talker import code_accuracy
 from omni.tokenizer import Tokenizer
 from omni.training import Run

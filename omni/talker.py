@@ -167,7 +167,8 @@ class Talker(Transformer):
         h, _ = self.run_blocks(self.char_embed(chars) + self.text_embed(tokens), key_padding_mask=mask)
         return h, mask, self.duration(h, mask)
 
-    def decode_frames(self, h: torch.Tensor, durations: torch.Tensor, n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_frames(self, h: torch.Tensor, durations: torch.Tensor,
+                      n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit states (B, U, D), durations (B, U) -> (decoder output (B, n_frames, D), valid-frame mask)."""
         unit, in_unit, valid = regulate_lengths(durations, n_frames)
         x = h.gather(1, unit[..., None].expand(-1, -1, h.shape[2]))
@@ -199,7 +200,8 @@ class Talker(Transformer):
         loss = code_loss + self.cfg.duration_loss_weight * duration_loss
         return TalkerOutput(logits, loss, code_loss.detach(), duration_loss.detach(), log_dur)
 
-    def predict_durations(self, log_durations: torch.Tensor, unit_mask: torch.Tensor, pace: float = 1.0) -> torch.Tensor:
+    def predict_durations(self, log_durations: torch.Tensor, unit_mask: torch.Tensor,
+                          pace: float = 1.0) -> torch.Tensor:
         """Predicted log(1 + frames) (B, U) -> frames per unit (B, U) (long, 0 on padding), the rows cut to
         max_frames in total. pace > 1 speaks slower."""
         log_durations = log_durations.clamp(max=math.log1p(self.cfg.max_frames))  # an untrained head may say 1e30

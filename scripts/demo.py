@@ -163,8 +163,9 @@ def infer_steps() -> list[Step]:
     return [
         Step("infer image", image_question, ("export",), answer("colour")),
         # The answer to "what did the speaker say" is a sentence: spoken, and heard back by the ASR.
-        Step("infer audio", lambda: [*base, "--audio", demo_questions()["audio"], "--text", "What did the speaker say?",
-                                     "--speak", str(LOGS / "infer_audio_speak.wav")], ("export",), answer("transcript")),
+        Step("infer audio", lambda: [*base, "--audio", demo_questions()["audio"], "--text",
+                                     "What did the speaker say?", "--speak", str(LOGS / "infer_audio_speak.wav")],
+             ("export",), answer("transcript")),
         Step("infer speak", lambda: [*image_question(), "--speak", str(LOGS / "infer_speak.wav")],
              ("export",), answer("colour")),
     ]

@@ -137,7 +137,8 @@ def talker_item(tmp_path, tokenizer, seconds, max_frames):
     codec_file = tmp_path / "codec.pt"
     torch.save(codec.state_dict(), codec_file)
     cache = build_code_cache(read_asr_manifest(manifest), codec=codec, codec_file=codec_file, tokenizer=tokenizer,
-                             aligner=CtcAligner.load(random_aligner(tmp_path / "aligner")), max_text_len=32, max_frames=max_frames, cache_dir=tmp_path, name="t", log=lambda m: None)
+                             aligner=CtcAligner.load(random_aligner(tmp_path / "aligner")), max_text_len=32,
+                             max_frames=max_frames, cache_dir=tmp_path, name="t", log=lambda m: None)
     return TalkerCodes(cache)[0]
 
 

@@ -124,9 +124,9 @@ def _code_cache_inputs(records: list[dict], codec_file, aligner_file, tokenizer,
                        max_frames: int) -> dict:
     """What a code cache depends on (see omni.data.fingerprint): every audio file by size and mtime (a clip
     re-rendered in place changes its codes), the codec and aligner weights and the record list (transcripts
-    included) by hash, the tokenizer, and the limits that decide which records are unusable. A missing audio file is an input
-    too (its record is a bad sample), so the cache is rebuilt when it appears. A record's duration belongs to the
-    record list: it decides whether a decoded clip counts as cut short (a bad sample)."""
+    included) by hash, the tokenizer, and the limits that decide which records are unusable. A missing audio file
+    is an input too (its record is a bad sample), so the cache is rebuilt when it appears. A record's duration
+    belongs to the record list: it decides whether a decoded clip counts as cut short (a bad sample)."""
     records_hash = hashlib.sha256(json.dumps([[str(r["audio"]), r["text"], *_duration(r)] for r in records]).encode())
     return fingerprint.cache_inputs(
         [r["audio"] for r in records], missing_ok=True,
