@@ -73,7 +73,7 @@ built = build_vocoder(cfg)
 model = run.setup(built.model, built.optimizers(), train_set)
 asr = None
 if cfg.data.asr:  # before any step: a bad path fails now, not at the first evaluation
-    from omni.speech import Transcriber
+    from omni.asr import Transcriber
 
     with forked_rng(run.device):  # building the model draws from the RNG that a resume restored: leave it be
         asr = Transcriber.load(cfg.data.asr, run.device)

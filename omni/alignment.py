@@ -1,12 +1,7 @@
-"""What the Talker reads (text units) and how long each unit is spoken (durations in codec frames), from CTC forced
-alignment with the project's own Stage-B ASR model.
+"""How long each of the Talker's text units (omni.text_frontend.text_units: <bos>, the characters, <eos>) is
+spoken, in codec frames, from CTC forced alignment with the project's own Stage-B ASR model.
 
 Design choices
-- Units are the characters of `talker_text(text)` between a <bos> and an <eos> unit. Each unit carries two ids: its
-  character (Latin-1 code point, one shared id for any other character, and the two boundary ids) and the Thinker
-  tokenizer's token that covers it (`Tokenizer.char_tokens`), so the Talker reads the Thinker's text representation
-  and still knows each letter. Characters are what a CTC ASR model aligns, and what generalises to words the
-  Talker never heard.
 - Durations come from `torchaudio.functional.forced_align` on the ASR model's CTC log-probabilities (Kürzinger et
   al. 2020, CTC segmentation; the same Viterbi path Stage B's loss sums over). The CTC targets are the units' ASR
   characters: letters and apostrophes as themselves (accents stripped), any other non-alphanumeric character a
@@ -25,36 +20,14 @@ aligner, length regulator); Badlani et al. 2022 (One TTS Alignment).
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torchaudio
 
-from omni.audio import ENCODER_FRAME_RATE, MIN_SAMPLES, LogMel
+from omni.asr import Transcriber
+from omni.audio import ENCODER_FRAME_RATE
 from omni.ctc import BLANK_ID, CharVocab
-from omni.text_frontend import talker_text
-
-OTHER_CHAR = 256  # a character outside Latin-1
-BOS_CHAR, EOS_CHAR = 257, 258  # the boundary units
-N_CHAR_IDS = 259
-
-
-@dataclass
-class TextUnits:
-    """One utterance as the Talker reads it: per unit a character id and a token id (both len(text) + 2)."""
-
-    text: str  # talker_text(...): units 1..len(text) are its characters
-    chars: list[int]
-    tokens: list[int]
-
-
-def text_units(tokenizer, text: str) -> TextUnits:
-    """<bos> + the characters of talker_text(text) + <eos>, with each character's covering token."""
-    text = talker_text(text)
-    chars = [ord(c) if ord(c) < OTHER_CHAR else OTHER_CHAR for c in text]
-    return TextUnits(text, [BOS_CHAR, *chars, EOS_CHAR],
-                     [tokenizer.bos_id, *tokenizer.char_tokens(text), tokenizer.eos_id])
 
 
 class AlignmentError(ValueError):
@@ -122,39 +95,25 @@ def unit_durations(log_probs: torch.Tensor, text: str, vocab: CharVocab, *, n_fr
 
 
 class CtcAligner:
-    """A Stage-B ASR model (AuT encoder + CTC head) used to align clips with their text."""
+    """A Stage-B ASR model (AuT encoder + CTC head, omni.asr.Transcriber) used to align clips with their text."""
 
-    def __init__(self, model, vocab: CharVocab, n_mels: int, source: Path):
-        self.model, self.vocab, self.logmel, self.source = model, vocab, LogMel(n_mels), source
-        self.device = next(model.parameters()).device
-        self.ctc_rate = ENCODER_FRAME_RATE * model.ctc_upsample
+    def __init__(self, asr: Transcriber):
+        self.asr, self.source = asr, asr.source
+        self.ctc_rate = ENCODER_FRAME_RATE * asr.model.ctc_upsample
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> CtcAligner:
         """path: a Stage-B run dir or its audio_enc.pt."""
-        from omni.components import load_stage_model
+        return cls(Transcriber.load(path, device))
 
-        model, weights = load_stage_model(path, "audio_encoder", device)
-        return cls(model, CharVocab.from_list(weights.extras["vocab"]), weights.config["n_mels"], weights.source)
-
-    @torch.no_grad()
     def durations(self, wavs: list[torch.Tensor], texts: list[str], n_frames: list[int],
                   frame_rate: float) -> list[list[int] | str]:
         """Per clip (16 kHz waveform, talker_text, code frames): its unit durations, or why it cannot be aligned."""
-        mels = [self.logmel(w.float().cpu()) if w.shape[0] >= MIN_SAMPLES else None for w in wavs]
-        usable = [i for i, m in enumerate(mels) if m is not None]
         out: list[list[int] | str] = ["clip too short to align"] * len(wavs)
-        if not usable:
-            return out
-        lengths = torch.tensor([mels[i].shape[0] for i in usable])
-        batch = torch.zeros(len(usable), int(lengths.max()), mels[usable[0]].shape[1])
-        for row, i in enumerate(usable):
-            batch[row, : mels[i].shape[0]] = mels[i]
-        log_probs, _ = self.model(batch.to(self.device), lengths.to(self.device))
-        ctc_lengths = self.model.output_lengths(lengths.to(self.device)).tolist()
+        usable, log_probs, ctc_lengths = self.asr.log_probs(wavs)
         for row, i in enumerate(usable):
             try:
-                out[i] = unit_durations(log_probs[row, : ctc_lengths[row]], texts[i], self.vocab,
+                out[i] = unit_durations(log_probs[row, : int(ctc_lengths[row])], texts[i], self.asr.vocab,
                                         n_frames=n_frames[i], ctc_rate=self.ctc_rate, frame_rate=frame_rate)
             except AlignmentError as e:
                 out[i] = f"cannot align: {e}"

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 import omni
+from omni.asr import Transcriber
 from omni.audio import LogMel, load_audio
 from omni.chat import ChatEncoder, media_prefix
 from omni.components import SftWeights, load_stage_model, read_sft
@@ -41,7 +42,7 @@ from omni.data.images import image_to_tensor, line_to_tensor, load_image
 from omni.errors import InvalidInput, MissingInput
 from omni.metrics import char_error_counts
 from omni.omni_model import OmniConfig, OmniModel
-from omni.speech import SpeechSynthesizer, Transcriber, Vocoder
+from omni.speech import SpeechSynthesizer, Vocoder
 from omni.text_frontend import normalize_transcript
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer
 

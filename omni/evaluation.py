@@ -272,8 +272,9 @@ def talker_metrics(run, val_codes, *, batch_size: int, sample_sentences: int = 0
     duration loss (MSE of log(1 + frames)) and mean absolute error in frames of the predicted durations, per unit
     and per utterance; val_loss is the training objective. The first `sample_sentences` usable sentences are
     spoken greedily and their length logged against the reference."""
-    from omni.alignment import OTHER_CHAR
+    from omni.layers import lengths_mask
     from omni.talker import code_accuracy
+    from omni.text_frontend import OTHER_CHAR
 
     model = run.raw_model
     K = model.cfg.n_codebooks
@@ -284,8 +285,7 @@ def talker_metrics(run, val_codes, *, batch_size: int, sample_sentences: int = 0
             out = model(batch["chars"], batch["tokens"], batch["unit_lengths"], batch["durations"], batch["codes"],
                         batch["code_lengths"])
         correct, counted = code_accuracy(out.logits, batch["codes"], batch["code_lengths"])
-        mask = batch["chars"].new_ones(batch["chars"].shape, dtype=torch.bool)
-        mask &= torch.arange(mask.shape[1], device=mask.device) < batch["unit_lengths"].to(mask.device)[:, None]
+        mask = lengths_mask(batch["unit_lengths"].to(batch["chars"].device), batch["chars"].shape[1])
         predicted = model.predict_durations(out.log_durations, mask)
         true = batch["durations"].to(predicted.device)
         sums["nll"] += out.code_loss.float().item() * counted.item()
@@ -322,7 +322,7 @@ def vocoder_metrics(run, val_source, *, griffin_lim_iters: int, griffin_lim_cach
       Griffin-Lim by construction (it inverts that very mel), hence the two below.
     - val_mr_stft: multi-resolution STFT distance to the real waveform (omni.vocoder.mr_stft_distance,
       frame-weighted), when `val_source` gives the waveform (with_wav=True).
-    - val_asr_cer: corpus CER of the Stage-B ASR `asr` (an omni.speech.Transcriber) on the vocoded audio against
+    - val_asr_cer: corpus CER of the Stage-B ASR `asr` (an omni.asr.Transcriber) on the vocoded audio against
       the normalised transcripts of the records, when `asr` is given; val_asr_cer_real is the same ASR on the
       real clips (the best a vocoder can do).
     Each metric has a "_griffin_lim" twin. Griffin-Lim is deterministic (zero initial phase), so its per-clip scores

@@ -48,15 +48,14 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from omni.alignment import text_units
-from omni.audio import HOP_LENGTH, MIN_SAMPLES, SAMPLE_RATE, LogMel
+from omni.asr import Transcriber
+from omni.audio import HOP_LENGTH, SAMPLE_RATE
 from omni.components import CODEC_FILE, TALKER_FILE, VOCODER_FILE, load_stage_model
-from omni.ctc import CharVocab, ctc_transcripts
 from omni.data.manifest import read_jsonl
 from omni.data.speech_layouts import load_asr_records
 from omni.errors import InvalidInput, MissingInput
 from omni.metrics import char_error_counts, word_error_counts
-from omni.text_frontend import normalize_transcript
+from omni.text_frontend import normalize_transcript, text_units
 from omni.tokenizer import TOKENIZER_FILE, Tokenizer
 from omni.vocoder import VOCODER_LABELS, VOCODERS, griffin_lim
 
@@ -379,38 +378,6 @@ def write_stream(chunks: Iterable[torch.Tensor], path: str | Path) -> tuple[int,
             if first is None:
                 first = time.perf_counter() - start
     return samples, first
-
-
-class Transcriber:
-    """Stage-B ASR (AuT encoder + CTC head, greedy decoding) over raw 16 kHz waveforms."""
-
-    def __init__(self, model, vocab: CharVocab, n_mels: int):
-        self.model, self.vocab, self.logmel = model, vocab, LogMel(n_mels)
-        self.device = next(model.parameters()).device
-
-    @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Transcriber:
-        """path: a Stage-B run dir or its audio_enc.pt."""
-        model, weights = load_stage_model(path, "audio_encoder", device)
-        return cls(model, CharVocab.from_list(weights.extras["vocab"]), weights.config["n_mels"])
-
-    @torch.no_grad()
-    def transcribe(self, wavs: list[torch.Tensor]) -> list[str]:
-        """One transcript per waveform (N,); clips too short for one mel frame give ""."""
-        out = [""] * len(wavs)
-        usable = [i for i, w in enumerate(wavs) if w.shape[0] >= MIN_SAMPLES]
-        if not usable:
-            return out
-        mels = [self.logmel(wavs[i].float().cpu()) for i in usable]
-        lengths = torch.tensor([m.shape[0] for m in mels])
-        batch = torch.zeros(len(mels), int(lengths.max()), mels[0].shape[1])
-        for row, m in enumerate(mels):
-            batch[row, : m.shape[0]] = m
-        log_probs, _ = self.model(batch.to(self.device), lengths.to(self.device))
-        texts = ctc_transcripts(log_probs, self.model.output_lengths(lengths.to(self.device)), self.vocab)
-        for i, text in zip(usable, texts):
-            out[i] = text
-        return out
 
 
 def intelligibility(synth: SpeechSynthesizer, asr: Transcriber, texts: list[str], log=print,

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from omni import builders
-from omni.alignment import N_CHAR_IDS
 from omni.chat import SPECIAL_TOKENS
 from omni.config import load_config_file
+from omni.text_frontend import N_CHAR_IDS
 from omni.training.run import AMP_DTYPES
 
 # Synthetic sizes the configs leave open (see the module docstring).
@@ -35,7 +35,7 @@ TRANSCRIPT_CHARS = 24
 CTC_VOCAB = 29  # blank + a-z + apostrophe + space (the normalised transcripts' alphabet)
 OCR_VOCAB = 80  # characters of printed English lines + blank
 OCR_LABEL_CHARS = 16
-TALKER_TEXT_UNITS = TRANSCRIPT_CHARS + 2  # the Talker reads <bos>, the characters, <eos> (omni.alignment)
+TALKER_TEXT_UNITS = TRANSCRIPT_CHARS + 2  # the Talker reads <bos>, the characters, <eos> (omni.text_frontend)
 SFT_SEQ_LEN = 160
 SFT_ANSWER_TOKENS = 16
 

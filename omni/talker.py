@@ -1,7 +1,7 @@
 """Talker: text units -> K-codebook speech codes, non-autoregressive and duration-guided (Stage D; speech out).
 
 Design choices
-- Input: the units of `omni.alignment.text_units` (<bos>, the characters, <eos>), each the sum of a character
+- Input: the units of `omni.text_frontend.text_units` (<bos>, the characters, <eos>), each the sum of a character
   embedding and the embedding of the Thinker-tokenizer token that covers it, so the Talker reads the Thinker's
   text representation (as Qwen3-Omni's Talker reads the Thinker's) and still sees every letter.
 - Text encoder: a non-causal transformer over the units (the shared `omni.layers.Transformer` trunk, rotary
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omni.alignment import N_CHAR_IDS
 from omni.layers import Transformer, check_rotary_heads, lengths_mask, sample_next_token
+from omni.text_frontend import N_CHAR_IDS
 
 
 @dataclass

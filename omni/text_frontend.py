@@ -4,8 +4,12 @@
   spaces. Stage B's targets, the CER of every TTS -> ASR check (omni.speech, infer_chat.py --speak) and the
   synthetic speech sentences all go through it, so a reference and a transcript are always compared alike.
   `normalize_transcript_report` also counts the content it removed, for the ASR data's bad-sample check.
-- TTS (`talker_text`): the text the Talker reads, in Stage D training and at synthesis (omni.alignment makes its
-  units).
+- TTS (`talker_text`, `text_units`): the text the Talker reads, in Stage D training and at synthesis. Its units
+  are the characters of `talker_text(text)` between a <bos> and an <eos> unit; each carries two ids: its
+  character (Latin-1 code point, one shared id for any other character, and the two boundary ids) and the Thinker
+  tokenizer's token that covers it (`Tokenizer.char_tokens`), so the Talker reads the Thinker's text
+  representation and still knows each letter. Characters are what a CTC ASR model aligns (omni.alignment), and
+  what generalises to words the Talker never heard.
 
 Pure functions of the text (no model, no data files), so inference does not import the training-data modules.
 """
@@ -20,6 +24,10 @@ from dataclasses import dataclass
 # Characters normalisation may remove that carry spoken content, by Unicode major category. Punctuation, spaces and
 # combining accents are meant to go and are not counted.
 CONTENT_KINDS = {"N": "digits", "L": "letters", "S": "symbols"}  # letters: non-Latin ones; symbols: emoji, $, %, ...
+# The Talker's character ids (text_units): Latin-1 code points, then these.
+OTHER_CHAR = 256  # a character outside Latin-1
+BOS_CHAR, EOS_CHAR = 257, 258  # the boundary units
+N_CHAR_IDS = 259
 
 
 @dataclass(frozen=True)
@@ -66,3 +74,20 @@ def talker_text(text: str) -> str:
     is removed: digits, emoji and non-Latin letters reach the tokenizer, whose byte fallback encodes any character,
     so unlike the ASR `normalize_transcript` there is no content loss to count."""
     return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+@dataclass
+class TextUnits:
+    """One utterance as the Talker reads it: per unit a character id and a token id (both len(text) + 2)."""
+
+    text: str  # talker_text(...): units 1..len(text) are its characters
+    chars: list[int]
+    tokens: list[int]
+
+
+def text_units(tokenizer, text: str) -> TextUnits:
+    """<bos> + the characters of talker_text(text) + <eos>, with each character's covering token."""
+    text = talker_text(text)
+    chars = [ord(c) if ord(c) < OTHER_CHAR else OTHER_CHAR for c in text]
+    return TextUnits(text, [BOS_CHAR, *chars, EOS_CHAR],
+                     [tokenizer.bos_id, *tokenizer.char_tokens(text), tokenizer.eos_id])

@@ -3,7 +3,7 @@
 For each stage (on the stage tests' tiny configs and generated data, see tests/stage_data.py), per training command:
   1. the uninterrupted reference run;
   2. SIGKILL inside an optimizer step, inside an evaluation and inside a checkpoint write (the OMNI_FAULT hook of
-     omni/training/faults.py makes the process kill itself exactly there), then --kills SIGKILLs at random moments
+     omni/faults.py makes the process kill itself exactly there), then --kills SIGKILLs at random moments
      (tests/stage_helpers.kill_and_rerun_until_done), rerunning until the run finishes;
   3. SIGTERM inside an optimizer step: it must finish the step, write a checkpoint and exit 0; the rerun resumes there;
 and both interrupted runs must end bitwise identical to the reference: the final weights file, and the last step
@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from omni.training.faults import POINTS  # noqa: E402
+from omni.faults import POINTS  # noqa: E402
 from tests import stage_data  # noqa: E402
 from tests.stage_helpers import kill_and_rerun_until_done, newest_step  # noqa: E402
 

@@ -175,11 +175,12 @@ def talker(cfg, path: Path, log, *, device, asr=None, vocoder=None, tts_sentence
     `cache_dir` (never the run's); with `asr` (a Stage-B run dir or audio_enc.pt) also the TTS->ASR CER/WER of
     omni.speech (the `python -m omni.speech` check) on the first `tts_sentences` val sentences."""
     from omni.alignment import CtcAligner
+    from omni.asr import Transcriber
     from omni.components import CODEC_FILE, load_stage_model
     from omni.data.resumable import require_usable
     from omni.data.speech_layouts import load_asr_records, source_name
     from omni.data.tts import TalkerCodes, build_code_cache
-    from omni.speech import SpeechSynthesizer, Transcriber, Vocoder, intelligibility
+    from omni.speech import SpeechSynthesizer, Vocoder, intelligibility
     from omni.tokenizer import TOKENIZER_FILE, Tokenizer
 
     model, saved = load_stage_model(path, "talker")
@@ -214,11 +215,11 @@ def talker(cfg, path: Path, log, *, device, asr=None, vocoder=None, tts_sentence
 def vocoder(cfg, path: Path, log, *, device, asr=None):
     """HiFi-GAN and Griffin-Lim on the val clips as train_vocoder.py judges them: mel-L1, MR-STFT to the real
     waveform, and the ASR CER of the vocoded audio with `asr` (default: the config's data.asr; none: no CER)."""
+    from omni.asr import Transcriber
     from omni.components import load_stage_model
     from omni.data.resumable import require_usable
     from omni.data.speech_layouts import load_asr_records, source_name
     from omni.data.tts import SpeechClips
-    from omni.speech import Transcriber
 
     model, saved = load_stage_model(path, "vocoder")  # the generator
     records = load_asr_records(cfg.data.val_manifest, key="data.val_manifest", log=log)[: cfg.data.val_utterances]

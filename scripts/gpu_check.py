@@ -16,7 +16,7 @@ the exit status is 1 when any check failed, 0 otherwise, skipped checks included
                     Talker (D) and omni SFT (E) training tokens/s at their tiny configs.
   train_resume      a real Stage A run (train_text.py in a subprocess, configs/thinker_tiny.json at the synthetic
                     corpus's 768-piece vocabulary, a few hundred steps): the loss falls, checkpoints are written; a
-                    second run is SIGKILLed inside an optimizer step (OMNI_FAULT=step@N, omni/training/faults.py)
+                    second run is SIGKILLed inside an optimizer step (OMNI_FAULT=step@N, omni/faults.py)
                     and rerun; the killed+resumed metrics.jsonl must continue the uninterrupted run's loss curve
                     (on CPU bitwise; on CUDA within --loss-tolerance, as GPU kernels are not bitwise deterministic).
   fp16_gradscaler   the same run for a few steps with train.precision=fp16: finishes, finite loss, the checkpoint

@@ -8,7 +8,7 @@ import time
 
 from tests.conftest import REPO
 
-# Where the certain kills land (omni/training/faults.py): inside an optimizer step of the first launch, then inside
+# Where the certain kills land (omni/faults.py): inside an optimizer step of the first launch, then inside
 # the 2nd checkpoint write of the second. Every stage test runs >= 8 steps with a checkpoint every <= 3.
 FAULTS = ("step@3", "checkpoint@2")
 

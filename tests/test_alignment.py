@@ -6,18 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from omni.alignment import (
-    BOS_CHAR,
-    EOS_CHAR,
-    OTHER_CHAR,
-    AlignmentError,
-    CtcAligner,
-    ctc_targets,
-    text_units,
-    unit_durations,
-)
+from omni.alignment import AlignmentError, CtcAligner, ctc_targets, unit_durations
+from omni.asr import Transcriber
 from omni.audio import ENCODER_FRAME_RATE, HOP_LENGTH, SAMPLE_RATE, encoder_frames
 from omni.ctc import CharVocab
+from omni.text_frontend import BOS_CHAR, EOS_CHAR, OTHER_CHAR, text_units
 from omni.tokenizer import train_tokenizer
 
 VOCAB = CharVocab(list(" 'abcdefghijklmnopqrstuvwxyz"))
@@ -112,7 +105,7 @@ def test_aligner_times_a_clip_with_known_timing():
     "a" the tone, <eos> the rest, in codec frames at 12.5 Hz."""
     t = torch.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
     wav = torch.where((t >= 0.4) & (t < 0.8), 0.5 * torch.sin(2 * math.pi * 440 * t), torch.zeros(()))
-    aligner = CtcAligner(LoudnessAsr(), VOCAB, n_mels=32, source="loudness")
+    aligner = CtcAligner(Transcriber(LoudnessAsr(), VOCAB, n_mels=32, source="loudness"))
     assert aligner.ctc_rate == ENCODER_FRAME_RATE * 2
     n_frames = math.ceil((wav.shape[0] // HOP_LENGTH + 1) / 8)
     [d] = aligner.durations([wav], ["a"], [n_frames], frame_rate=12.5)

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from omni import speech
-from omni.alignment import text_units
+from omni.asr import Transcriber
 from omni.codec import Codec, CodecConfig
 from omni.ctc import CharVocab
-from omni.speech import SpeechSynthesizer, Transcriber, Vocoder, intelligibility
+from omni.speech import SpeechSynthesizer, Vocoder, intelligibility
 from omni.talker import Talker, TalkerConfig
+from omni.text_frontend import text_units
 from omni.tokenizer import train_tokenizer
 from omni.training.checkpoint import atomic_save
 from omni.vocoder import Generator, VocoderConfig, griffin_lim

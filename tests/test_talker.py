@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from omni.alignment import N_CHAR_IDS
 from omni.talker import Talker, TalkerConfig, code_accuracy, regulate_lengths
+from omni.text_frontend import N_CHAR_IDS
 
 TEXT_V, V, K = 50, 16, 2
 

@@ -56,7 +56,7 @@ def test_the_verdict_goes_by_asr_cer_when_measured_else_by_mr_stft():
 
 
 class SilentAsr:
-    """Stands in for omni.speech.Transcriber: hears nothing, counts the clips it is given."""
+    """Stands in for omni.asr.Transcriber: hears nothing, counts the clips it is given."""
 
     def __init__(self):
         self.calls = 0

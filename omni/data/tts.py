@@ -27,18 +27,18 @@ from pathlib import Path
 
 import torch
 
-from omni.alignment import text_units
+from omni.text_frontend import text_units
 from omni.audio import (
     HOP_LENGTH,
     LOG_MEL_FLOOR,
     LogMel,
 )
+from omni import faults
 from omni.data import fingerprint
 from omni.data.resumable import BadSample
 from omni.data.speech import AsrSource, load_log_mel, load_waveform
 from omni.torch_io import load as load_file
 from omni.torch_io import save as atomic_save
-from omni.training import faults
 
 SILENCE_LOG_MEL = math.log(LOG_MEL_FLOOR)  # LogMel of digital silence: the pad value that matches zero samples
 
@@ -158,7 +158,7 @@ def build_code_cache(
 ) -> Path:
     """Encode every record once with the frozen `codec` (eval mode) and align it with `aligner`
     (omni.alignment.CtcAligner): `<cache_dir>/<name>.codes.pt` holding per record its text units (character and
-    token ids, omni.alignment.text_units), the frames of each unit (int16) and the codes (F, K) (int16), or the
+    token ids, omni.text_frontend.text_units), the frames of each unit (int16) and the codes (F, K) (int16), or the
     reason it is unusable (unreadable audio, empty or too long text, too many frames, no alignment). Returns the
     path. The cache is reused while its inputs (`_code_cache_inputs`) are unchanged, else rebuilt in place; `log`
     says which and why. Call on one process only."""

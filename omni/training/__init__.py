@@ -8,7 +8,7 @@
     nonfinite.py    NaN/Inf steps skipped or undone; too many in a row stop the run
     stop.py         SIGTERM / Ctrl-C: finish the step, checkpoint, end the loop (the script exits 0)
     schedule.py     AdamW, warmup + cosine, accumulation steps;  log.py: training.log, metrics.jsonl, the bar
-    distributed.py  torchrun / DDP plumbing;  faults.py: the crash tests' fault points
+    distributed.py  torchrun / DDP plumbing (the crash tests' fault points: omni/faults.py)
 """
 
 from omni.training.run import Run

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omni import torch_io
+from omni import faults, torch_io
 from omni.torch_io import UnreadableCheckpoint, load, write_error  # noqa: F401 (re-exported)
-from omni.training import faults
 
 # Keys of a training checkpoint.
 MODEL = "model"  # state of the raw (uncompiled, unwrapped) module: everything, or only trainable parameters

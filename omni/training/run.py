@@ -33,12 +33,13 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from omni import faults
 from omni.config import to_dict
 from omni.data.resumable import ResumableDataset
 from omni.errors import InvalidInput, UserError
 from omni.training import checkpoint as ckpt
 from omni.training import distributed as dist
-from omni.training import faults, loader, run_dir, train_state
+from omni.training import loader, run_dir, train_state
 from omni.training.checkpoint import short_list
 from omni.training.log import MetricWindow, RunLogger, fmt
 from omni.training.nonfinite import NonFiniteGuard, step_left_finite_weights

@@ -1,4 +1,6 @@
 """Fault hook for the crash tests (tests/test_faults.py, scripts/chaos.py); a no-op unless OMNI_FAULT is set.
+Standard library only, so the data code (the Talker's code cache) can reach a point without importing the training
+machinery.
 
     OMNI_FAULT=<point>@<n>   the process SIGKILLs itself the n-th time (default 1st) it reaches <point>:
         step        inside an optimizer step: parameters updated, the step not yet counted
